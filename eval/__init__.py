@@ -1,0 +1,1 @@
+"""Experiments: protocol, runner, baselines, metrics, reports and the `billp` CLI."""

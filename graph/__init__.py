@@ -1,0 +1,11 @@
+"""Wiring: episode state, run context and the LangGraph builders.
+
+from graph import build_graph, Context
+result = build_graph().invoke({"user_id": 0}, context=Context(llm="scripted"))
+"""
+
+from graph.builder import VARIANTS, build_graph, make_builder
+from graph.context import Context
+from graph.state import InputState, State
+
+__all__ = ["VARIANTS", "Context", "InputState", "State", "build_graph", "make_builder"]

@@ -1,0 +1,66 @@
+"""Episode state: JSON-native, so checkpoints, the Studio API and exports carry it unchanged."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from nodes.views import add_counts
+
+
+class InputState(TypedDict, total=False):
+    """What a caller sends: the dataset user whose session to simulate."""
+
+    user_id: int
+
+
+class StepRecord(TypedDict, total=False):
+    """One step, complete enough that a report or an SFT export never recomputes anything."""
+
+    step: int
+    thought: str
+    action: str
+    item: int
+    title: str
+    replaced: bool
+    match: str
+    rating: float
+    reward: float
+    accepted: bool
+    quit_reason: str | None
+    value: float | None
+    advantage: float | None
+    actor_hint: dict[str, int] | None
+    critic_hint: float | None
+    fallbacks: list[str]
+    usage: dict[str, dict[str, float]]
+
+
+class State(InputState, total=False):
+    """The whole episode. Nodes return only the fields they change."""
+
+    history: list[int]
+    """The user's latest logged items (ids), oldest first: what the agents are shown."""
+    reflections: list[str]
+    """Reflections retrieved from macro memory at the start of the episode."""
+    recommended: list[int]
+    """Items recommended so far in this episode, in order (accepted or not)."""
+    rewards: list[float]
+    """Reward of each step (0 for the item that made the user leave)."""
+    thought: str
+    """The planner's latest plan."""
+    pending: dict[str, Any]
+    """The current step's record while it is being built (actor -> user -> critic)."""
+    steps: Annotated[list[StepRecord], operator.add]
+    """Finished step records, appended by the node that closes a step."""
+    value: float
+    """V(s) of the current state, as the critic last estimated it (V(s0) = 0)."""
+    done: bool
+    quit_reason: str | None
+    """Why the episode ended: low_rating, similar, repeat, max_steps."""
+    reflection: str | None
+    """The reflection written when the episode ended (None for variants without a reflector)."""
+    usage: Annotated[dict[str, dict[str, float]], add_counts]
+    """LLM calls, tokens and seconds per node, summed over the episode."""
+    fallbacks: Annotated[dict[str, int], add_counts]
+    """How often each node had to use its documented fallback (unusable model output)."""

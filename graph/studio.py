@@ -1,0 +1,11 @@
+"""The compiled graphs that `langgraph.json` names for LangGraph Studio (`langgraph dev`).
+
+Compiled without a checkpointer: the LangGraph server brings its own persistence.
+"""
+
+from graph.builder import build_graph
+
+billp = build_graph("billp")
+reflexion = build_graph("reflexion")
+react = build_graph("react")
+actonly = build_graph("actonly")

@@ -1,0 +1,1 @@
+"""Remembering by similarity: embeddings and FAISS vector memories. Knows no recommendation."""

@@ -1,0 +1,1 @@
+"""The agents: planner, actor, grounding, user (simulator), critic, reflector, and LLM backends."""

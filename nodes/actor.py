@@ -1,0 +1,116 @@
+"""Actor (micro level): turn the plan into one concrete item, with the actor-memory hint.
+
+`free` mode: the actor writes a title, grounded to a catalogue item not yet recommended.
+`shortlist` mode: it picks one of K numbered candidates (a schema enum, so it cannot pick
+anything else). On unusable output both fall back to the top candidate, and count it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from memory.stores import ActorHint
+from nodes import prompts
+from nodes.llms import call_structured
+from nodes.resources import Resources, get_resources
+from nodes.views import episode_text, history_text, messages, state_key, with_usage
+
+
+def hint_text(res: Resources, hint: ActorHint | None) -> str:
+    """Render the actor-memory hint as quoted titles marked + or -."""
+    if hint is None:
+        return "(no similar state remembered)"
+    lines = []
+    for label, sign in sorted(hint.labels.items(), key=lambda kv: -kv[1]):
+        if label.isdigit() and int(label) < len(res.catalogue.titles):
+            title = prompts.quote(res.catalogue.titles[int(label)])
+            lines.append(f"{'+' if sign > 0 else '-'} {title}")
+    return "\n".join(lines) or "(no similar state remembered)"
+
+
+def candidates_text(res: Resources, candidates: list[int]) -> str:
+    """Render numbered shortlist candidates with their genres."""
+    lines = [
+        f"{n}. {prompts.item_line(*res.catalogue.describe(item))}"
+        for n, item in enumerate(candidates, start=1)
+    ]
+    return prompts.CANDIDATES.format(lines="\n".join(lines))
+
+
+def make_actor(use_memory: bool) -> Any:
+    """Return the actor node; `use_memory` adds the actor-memory hint (BiLLP's micro level)."""
+
+    async def actor(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+        """Choose the next item and ground it; return it as the pending step's action."""
+        return await act(state, runtime.context, use_memory)
+
+    return actor
+
+
+async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, Any]:
+    """Choose and ground the next item (the actor node's body)."""
+    res = get_resources(ctx)
+    recommended = state.get("recommended", [])
+    hint = await res.memories.actor.ahint(state_key(res, state)) if use_memory else None
+    shortlist = ctx.grounding == "shortlist"
+    k = ctx.shortlist_k if shortlist else 1
+    candidates = res.candidates.shortlist(
+        state["user_id"], state.get("history", []), recommended, k
+    )
+    user = prompts.ACTOR_USER.format(
+        history=history_text(res, state),
+        episode=episode_text(res, state),
+        thought=prompts.quote(state.get("thought") or "(no plan: choose freely)"),
+        hint=hint_text(res, hint),
+        candidates=candidates_text(res, candidates) if shortlist else "",
+    )
+    system = prompts.ACTOR_SHORTLIST_SYSTEM if shortlist else prompts.ACTOR_SYSTEM
+    schema = prompts.shortlist_schema(len(candidates)) if shortlist else prompts.TitleChoice
+    result = await call_structured(res.llm, messages(system, user), schema)
+    action, grounded = "", None
+    if result.ok and result.value is not None:
+        if shortlist:
+            choice = int(result.value.choice)
+            action = str(choice)
+            item = candidates[choice - 1]
+            title = res.catalogue.titles[item]
+            grounded = {"item": item, "title": title, "match": "shortlist", "replaced": False}
+        elif action := result.value.title.strip():
+            grounded = await _ground(res, action, recommended)
+    fallback = grounded is None
+    if fallback:
+        item = candidates[0]
+        grounded = {
+            "item": item,
+            "title": res.catalogue.titles[item],
+            "match": "fallback",
+            "replaced": True,
+        }
+    pending = with_usage(state.get("pending", {}), "actor", result.usage, fallback)
+    pending.update(
+        thought=state.get("thought", ""),
+        action=action,
+        actor_hint=dict(hint.labels) if hint else None,
+        **grounded,
+    )
+    return {
+        "pending": pending,
+        "usage": {"actor": result.usage.to_dict()},
+        "fallbacks": {"actor": int(fallback)},
+    }
+
+
+async def _ground(res: Resources, answer: str, recommended: list[int]) -> dict[str, Any]:
+    exclude = set(recommended)
+    match = res.catalogue.index.match(answer, exclude)
+    if match is None:
+        vector = (await res.catalogue.embeddings.aembed([answer]))[0]
+        match = res.catalogue.index.nearest(vector, exclude)
+    return {
+        "item": match.item,
+        "title": match.title,
+        "match": match.match,
+        "replaced": match.replaced,
+    }

@@ -1,0 +1,72 @@
+"""Candidate items for the actor's shortlist mode and for every fallback.
+
+Built from the training logs only (never the ground-truth model): item-CF co-occurrence with the
+user's history and this episode's items, items that would look too similar to the last
+recommendations (under the training model's own item vectors) pushed back, and genre
+diversification so the shortlist offers the planner real choices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from simulator.build import LEARNER_TAU_MARGIN, EnvBundle
+from simulator.policies import item_neighbors
+
+MAX_SHARE_PER_GENRE = 1 / 3  # of the shortlist, for its leading genre
+
+
+class CandidateGenerator:
+    """Rank catalogue items for a user and episode from training-log co-occurrence."""
+
+    def __init__(self, bundle: EnvBundle, n_neighbors: int = 100) -> None:
+        n_items = bundle.dataset.n_items
+        self.nbr_idx, self.nbr_sim, counts = item_neighbors(
+            bundle.train_interactions, n_items, n_neighbors
+        )
+        self.prior = 1e-6 * counts / counts.max().clamp_min(1.0)
+        with torch.inference_mode():
+            self.vectors = bundle.train_model.item_vectors().detach().clone()
+        self.tau = bundle.train_tau * LEARNER_TAU_MARGIN
+        self.window = bundle.config.window
+        self.lead_genre = [g[0] if len(g) else "" for g in bundle.dataset.items["genres"]]
+
+    def scores(self, history: Sequence[int], recommended: Sequence[int]) -> torch.Tensor:
+        """Return each item's co-occurrence score with the history and this episode's items."""
+        scores = self.prior.clone()
+        seeds = torch.as_tensor([*history, *recommended], dtype=torch.long)
+        if seeds.numel():
+            scores.index_add_(0, self.nbr_idx[seeds].reshape(-1), self.nbr_sim[seeds].reshape(-1))
+        return scores
+
+    def shortlist(
+        self, user: int, history: Sequence[int], recommended: Sequence[int], k: int
+    ) -> list[int]:
+        """Return `k` distinct items not yet recommended, best first, diversified by genre."""
+        del user  # ranking uses the shown history; the argument keeps the call site explicit
+        scores = self.scores(history, recommended)
+        if recommended:
+            scores[torch.as_tensor(list(recommended))] = -math.inf
+            window = torch.as_tensor(list(recommended[-self.window :]))
+            dist = torch.cdist(self.vectors, self.vectors[window]).min(dim=1).values
+            scores = torch.where(dist < self.tau, scores - 1e3, scores)  # would likely quit
+        available = int(torch.isfinite(scores).sum())
+        k = min(k, available)
+        if k <= 0:
+            raise ValueError("no catalogue item is left to recommend in this episode")
+        pool = scores.topk(min(available, 5 * k)).indices.tolist()
+        cap = max(1, math.ceil(k * MAX_SHARE_PER_GENRE))
+        chosen: list[int] = []
+        per_genre: dict[str, int] = {}
+        for item in pool:
+            genre = self.lead_genre[item]
+            if per_genre.get(genre, 0) < cap:
+                chosen.append(item)
+                per_genre[genre] = per_genre.get(genre, 0) + 1
+            if len(chosen) == k:
+                return chosen
+        rest = [i for i in pool if i not in set(chosen)]
+        return chosen + rest[: k - len(chosen)]

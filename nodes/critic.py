@@ -1,0 +1,72 @@
+"""Critic: value the new state, compute the advantage, and write the micro memories.
+
+A = r + gamma * V(s') - V(s), with V(s0) = 0 and V = 0 once the episode has ended. The actor
+memory learns the sign of A for (state, item); the critic memory learns r + gamma * V(s').
+`critic="llm"` asks the model (with the critic-memory hint); `critic="learned"` asks a small
+value network trained by TD(0) on the same targets (no LLM call).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from nodes import prompts
+from nodes.llms import Usage, call_structured
+from nodes.resources import Resources, get_resources
+from nodes.views import episode_text, history_text, messages, state_key, with_usage
+
+
+async def _llm_value(
+    res: Resources, state: dict[str, Any], hint: float | None
+) -> tuple[float, Usage, bool]:
+    user = prompts.CRITIC_USER.format(
+        history=history_text(res, state),
+        episode=episode_text(res, state),
+        hint=f"{hint:g}" if hint is not None else "(none remembered)",
+    )
+    result = await call_structured(res.llm, messages(prompts.CRITIC_SYSTEM, user), prompts.Value)
+    if result.ok and result.value is not None:
+        return float(result.value.value), result.usage, False
+    return 0.0, result.usage, True  # documented fallback: a neutral value
+
+
+async def critic(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+    """Value s', compute A for the step just taken, learn from it, and close the step record."""
+    ctx = runtime.context
+    res = get_resources(ctx)
+    pending = dict(state["pending"])
+    steps = [*state.get("steps", []), pending]  # s' includes the step just taken
+    before = {**state, "recommended": state["recommended"][:-1]}
+    after = {**state, "steps": steps}
+    key_before, key_after = state_key(res, before), state_key(res, after)
+    reward = float(pending["reward"])
+    usage, fallback, hint_value = Usage(), False, None
+    if state.get("done"):
+        value_next = 0.0
+    elif ctx.critic == "learned":
+        vector = (await res.catalogue.embeddings.aembed([key_after]))[0]
+        value_next = res.memories.learned_critic.value(vector)
+    else:
+        hint = await res.memories.critic.ahint(key_after)
+        hint_value = hint.value if hint else None
+        value_next, usage, fallback = await _llm_value(res, after, hint_value)
+    value_now = float(state.get("value", 0.0))
+    target = reward + ctx.gamma * value_next
+    advantage = target - value_now
+    if ctx.learn:
+        await res.memories.actor.arecord(key_before, str(pending["item"]), advantage)
+        await res.memories.critic.arecord(key_before, target)
+        if ctx.critic == "learned":
+            vector = (await res.catalogue.embeddings.aembed([key_before]))[0]
+            res.memories.learned_critic.update(vector, target)
+    pending = with_usage(pending, "critic", usage, fallback)
+    pending.update(value=value_next, advantage=advantage, critic_hint=hint_value)
+    return {
+        "steps": [pending],
+        "pending": {},
+        "value": value_next,
+        "usage": {"critic": usage.to_dict()},
+        "fallbacks": {"critic": int(fallback)},
+    }

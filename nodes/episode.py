@@ -1,0 +1,89 @@
+"""Start an episode, and play the user: the torch simulator node that closes the loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from nodes.resources import get_resources
+from nodes.views import history_text
+from simulator.rules import judge
+
+
+def make_start(use_reflections: bool) -> Any:
+    """Return the start node; `use_reflections` retrieves macro-memory reflections (top-k)."""
+
+    async def start(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+        """Validate the user, show their latest history, and retrieve reflections."""
+        ctx = runtime.context
+        res = get_resources(ctx)
+        if "user_id" not in state:
+            raise ValueError('the input needs a "user_id" (a dataset user id, e.g. {"user_id": 0})')
+        user = int(state["user_id"])
+        res.ratings_of(user)  # validates the id early, with a clear message
+        update: dict[str, Any] = {
+            "user_id": user,
+            "history": res.history_of(user, ctx.history_len),
+            "recommended": [],
+            "rewards": [],
+            "reflections": [],
+            "pending": {},
+            "value": 0.0,
+            "done": False,
+            "quit_reason": None,
+            "reflection": None,
+        }
+        if use_reflections:
+            query = history_text(res, update)
+            update["reflections"] = await res.memories.macro.aretrieve(query, ctx.reflection_k)
+        return update
+
+    return start
+
+
+def make_user(closes_step: bool) -> Any:
+    """Return the user node; when no critic follows, it also closes the step record."""
+
+    async def user(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+        """Show the pending item to the simulated user: rating, reward, and whether they stay."""
+        ctx = runtime.context
+        res = get_resources(ctx)
+        pending = dict(state["pending"])
+        recommended = state.get("recommended", [])
+        item = int(pending["item"])
+        ratings = res.ratings_of(state["user_id"])
+        verdict = judge(
+            rating=float(ratings[item]),
+            item=item,
+            recommended=recommended,
+            vectors=res.item_vectors,
+            tau=res.tau,
+            window=res.window,
+            max_steps=ctx.max_steps,
+        )
+        done = verdict.quit_reason is not None
+        pending.update(
+            step=len(recommended) + 1,
+            rating=verdict.rating,
+            reward=verdict.reward,
+            accepted=verdict.accepted,
+            quit_reason=verdict.quit_reason,
+            min_distance=verdict.min_distance if verdict.min_distance != float("inf") else None,
+        )
+        update: dict[str, Any] = {
+            "recommended": [*recommended, item],
+            "rewards": [*state.get("rewards", []), verdict.reward],
+            "done": done,
+            "quit_reason": verdict.quit_reason,
+        }
+        if closes_step:
+            pending.setdefault("value", None)
+            pending.setdefault("advantage", None)
+            pending.setdefault("critic_hint", None)
+            update.update(steps=[pending], pending={})
+        else:
+            update["pending"] = pending
+        return update
+
+    return user

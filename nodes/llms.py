@@ -1,0 +1,481 @@
+"""Build chat models from a spec string and call them so that model output never crashes a run.
+
+Specs: `local[:PATH.gguf]` (embedded llama.cpp model), `openai:MODEL` (any OpenAI-compatible
+endpoint) and `scripted[:NAME]` (a deterministic test double, never reported as an LLM result).
+
+Error policy of `call_structured` / `call_text`:
+- malformed output or a schema violation -> retried `retries` times, each retry telling the
+  model what was wrong, then `ok=False` (the caller applies its fallback and counts it);
+- transient failures (429 honouring Retry-After, 408/409/5xx, timeouts, scripted "error") ->
+  exponential backoff with jitter up to `transient_retries` times, then `ok=False`;
+- a request the endpoint rejects as posed (400/413/422, e.g. context too long) -> `ok=False`;
+- configuration problems -> `LLMError`: 401/403/404 at once, and an endpoint still refusing
+  connections after every retry, because every later call would fail the same way and falling
+  back on every step would yield a meaningless experiment;
+- anything else (a bug, or the scripted "fatal" fault) propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import openai
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 120.0
+RETRY_FEEDBACK = (
+    "Your previous answer could not be used ({error}). "
+    "Answer again, following the required format exactly."
+)
+
+
+class LLMError(RuntimeError):
+    """A configuration problem the user must fix (bad key, unknown model, unreachable endpoint)."""
+
+
+class TransientLLMError(RuntimeError):
+    """A failure that may pass if the same request is repeated later."""
+
+
+class RejectedRequestError(RuntimeError):
+    """A request the model cannot serve as posed (e.g. the prompt exceeds the context window)."""
+
+
+@dataclass
+class Usage:
+    """Count model calls, tokens and seconds spent waiting for the model (not backoff sleeps)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: Usage) -> Usage:
+        """Accumulate `other` in place and return self, so a running total stays one object."""
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.seconds += other.seconds
+        return self
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage().add(self).add(other)
+
+    @property
+    def total_tokens(self) -> int:
+        """Return prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Return JSON-native fields for step records and reports."""
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 6),
+        }
+
+    @classmethod
+    def from_message(cls, message: BaseMessage | None, seconds: float = 0.0) -> Usage:
+        """Read token counts from `usage_metadata`, else from OpenAI-style `token_usage`."""
+        usage = cls(calls=1, seconds=seconds)
+        if message is None:
+            return usage
+        meta = getattr(message, "usage_metadata", None)
+        if meta:
+            usage.prompt_tokens = int(meta.get("input_tokens") or 0)
+            usage.completion_tokens = int(meta.get("output_tokens") or 0)
+            return usage
+        token_usage = (message.response_metadata or {}).get("token_usage") or {}
+        usage.prompt_tokens = int(token_usage.get("prompt_tokens") or 0)
+        usage.completion_tokens = int(token_usage.get("completion_tokens") or 0)
+        return usage
+
+
+@dataclass
+class StructuredResult(Generic[T]):
+    """Hold a validated answer, or None with the reason the caller's fallback was needed."""
+
+    value: T | None
+    ok: bool
+    attempts: int
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class TextResult:
+    """Hold a free-text answer, or None with the reason the caller's fallback was needed."""
+
+    text: str | None
+    ok: bool
+    attempts: int
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+# --- error classification ----------------------------------------------------------------------
+
+_MALFORMED = (
+    OutputParserException,
+    ValidationError,
+    json.JSONDecodeError,
+    openai.LengthFinishReasonError,
+    openai.ContentFilterFinishReasonError,
+)
+
+
+def _classify(exc: BaseException) -> str:
+    """Return 'malformed', 'rejected', 'transient', 'unreachable', 'config' or 'bug'."""
+    if isinstance(exc, _MALFORMED):
+        return "malformed"
+    if isinstance(exc, RejectedRequestError):
+        return "rejected"
+    if isinstance(exc, (openai.APITimeoutError, TimeoutError, TransientLLMError)):
+        return "transient"
+    if isinstance(exc, (openai.APIConnectionError, ConnectionError)):
+        return "unreachable"  # retried like a transient failure, but fatal once retries run out
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in {408, 409, 429} or exc.status_code >= 500:
+            return "transient"
+        return "rejected" if exc.status_code in {400, 413, 422} else "config"
+    return "bug"
+
+
+def _short(exc: BaseException | str, limit: int = 300) -> str:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    for link in (" For troubleshooting, visit:", " For further information visit"):
+        text = text.split(link)[0]  # library boilerplate, not the reason
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _base_url(model: BaseChatModel) -> str:
+    return str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Return the server's requested wait in seconds (Retry-After / retry-after-ms), if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return min(float(ms) / 1000.0, MAX_RETRY_AFTER_S)
+        if (seconds := headers.get("retry-after")) is not None:
+            return min(float(seconds), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None  # an HTTP-date form: fall back to our own backoff
+    return None
+
+
+def _config_error(model: BaseChatModel, exc: BaseException) -> LLMError:
+    name = getattr(model, "model_name", None) or type(model).__name__
+    if isinstance(exc, openai.APIConnectionError):
+        hint = "is the server running and OPENAI_BASE_URL right?"
+        return LLMError(f"cannot reach {_base_url(model)} (model {name}): {_short(exc)}; {hint}")
+    hint = "check OPENAI_API_KEY, OPENAI_BASE_URL and the model name in the spec"
+    return LLMError(f"{_base_url(model)} refused model {name}: {_short(exc)}; {hint}")
+
+
+class _Attempts:
+    """Decide, attempt by attempt, whether to return, retry after a delay, or raise."""
+
+    def __init__(self, model: BaseChatModel, retries: int, transient_retries: int, delay: float):
+        if retries < 0 or transient_retries < 0 or delay < 0:
+            raise ValueError("retries, transient_retries and base_delay must be >= 0")
+        self.model, self.retries, self.transient_retries = model, retries, transient_retries
+        self.base_delay = delay
+        self.attempts = self.bad_outputs = self.transient = 0
+        self.error: str | None = None
+        self.feedback: str | None = None
+        self.usage = Usage()
+        self.started = 0.0
+
+    def begin(self) -> None:
+        self.attempts += 1
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def failed(self, exc: Exception) -> float | None:
+        """Return the delay before the next try, None to give up, or raise LLMError."""
+        self.usage.seconds += self.elapsed()
+        self.error = _short(exc)
+        kind = _classify(exc)
+        if kind == "malformed":
+            self.usage.calls += 1  # answered, though its token counts went down with the response
+            return self.bad_output(self.error)
+        if kind == "rejected":
+            return None
+        if kind == "config":
+            raise _config_error(self.model, exc) from exc
+        if kind == "bug":
+            raise exc
+        self.transient += 1
+        if self.transient > self.transient_retries:
+            if kind == "unreachable":
+                raise _config_error(self.model, exc) from exc
+            return None
+        asked = _retry_after(exc)
+        if asked is not None:
+            return asked
+        # Jitter spreads the retries of concurrent episodes that failed together.
+        backoff = self.base_delay * 2 ** (self.transient - 1) * (1.0 + random.random())
+        return min(backoff, MAX_BACKOFF_S)
+
+    def bad_output(self, error: str) -> float | None:
+        """Count an unusable answer; return 0.0 to retry at once, or None when out of retries."""
+        self.error = error
+        self.bad_outputs += 1
+        self.feedback = RETRY_FEEDBACK.format(error=error)
+        return 0.0 if self.bad_outputs <= self.retries else None
+
+    def prompt(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        """Return the messages for this try, telling the model why its last answer failed.
+
+        Changing the prompt matters: with a fixed seed an identical request would repeat the
+        same bad answer.
+        """
+        return [*messages, HumanMessage(self.feedback)] if self.feedback else messages
+
+    def received(self, raw: BaseMessage | None) -> None:
+        self.usage.add(Usage.from_message(raw, self.elapsed()))
+
+    def error_if(self, value: Any) -> str | None:
+        return None if value is not None else self.error
+
+
+def _check_structured(run: _Attempts, out: dict[str, Any]) -> tuple[Any, float | None]:
+    """Return (value, None) on success, else (None, delay-or-None) after counting the failure."""
+    run.received(out.get("raw"))
+    if out.get("parsing_error") is not None or out.get("parsed") is None:
+        why = out.get("parsing_error") or "the answer held no structured output"
+        return None, run.bad_output(_short(why))
+    return out["parsed"], None
+
+
+def _check_text(run: _Attempts, message: BaseMessage) -> tuple[str | None, float | None]:
+    run.received(message)
+    text = message.text.strip() if isinstance(message, BaseMessage) else str(message).strip()
+    if not text:
+        return None, run.bad_output("the model returned an empty answer")
+    return text, None
+
+
+async def _run_async(
+    run: _Attempts, messages: list[BaseMessage], call: Callable, check: Callable
+) -> Any:
+    while True:
+        run.begin()
+        try:
+            out = await call(run.prompt(messages))
+        except Exception as exc:
+            delay = run.failed(exc)
+        else:
+            value, delay = check(run, out)
+            if delay is None and value is not None:
+                return value
+        if delay is None:
+            return None
+        await asyncio.sleep(delay)
+
+
+def _run_sync(run: _Attempts, messages: list[BaseMessage], call: Callable, check: Callable) -> Any:
+    while True:
+        run.begin()
+        try:
+            out = call(run.prompt(messages))
+        except Exception as exc:
+            delay = run.failed(exc)
+        else:
+            value, delay = check(run, out)
+            if delay is None and value is not None:
+                return value
+        if delay is None:
+            return None
+        time.sleep(delay)
+
+
+async def call_structured(
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    schema: type[T],
+    *,
+    retries: int = 1,
+    transient_retries: int = 4,
+    base_delay: float = 0.5,
+) -> StructuredResult[T]:
+    """Ask for a `schema` instance; never raise on model output (see the module's error policy)."""
+    run = _Attempts(model, retries, transient_retries, base_delay)
+    runnable = model.with_structured_output(schema, include_raw=True)
+    value = await _run_async(run, messages, runnable.ainvoke, _check_structured)
+    return StructuredResult(value, value is not None, run.attempts, run.error_if(value), run.usage)
+
+
+def call_structured_sync(
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    schema: type[T],
+    *,
+    retries: int = 1,
+    transient_retries: int = 4,
+    base_delay: float = 0.5,
+) -> StructuredResult[T]:
+    """Do what `call_structured` does, blocking, for code with no event loop."""
+    run = _Attempts(model, retries, transient_retries, base_delay)
+    runnable = model.with_structured_output(schema, include_raw=True)
+    value = _run_sync(run, messages, runnable.invoke, _check_structured)
+    return StructuredResult(value, value is not None, run.attempts, run.error_if(value), run.usage)
+
+
+async def call_text(
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    *,
+    retries: int = 1,
+    transient_retries: int = 4,
+    base_delay: float = 0.5,
+) -> TextResult:
+    """Ask for free text with the same policy; an empty answer counts as malformed."""
+    run = _Attempts(model, retries, transient_retries, base_delay)
+    text = await _run_async(run, messages, model.ainvoke, _check_text)
+    return TextResult(text, text is not None, run.attempts, run.error_if(text), run.usage)
+
+
+# --- the factory ---------------------------------------------------------------------------------
+
+_SPEC_FORMS = "'local', 'local:/path/model.gguf', 'openai:MODEL', 'scripted', 'scripted:NAME'"
+_CACHE: dict[tuple, BaseChatModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def make_chat_model(
+    spec: str, *, temperature: float = 0.5, seed: int | None = None, **kwargs: Any
+) -> BaseChatModel:
+    """Return the chat model named by `spec`, built once per process per spec and settings.
+
+    `kwargs` go to the backend: for `openai:` e.g. `base_url`, `api_key`, `timeout`, `max_tokens`
+    (explicit values win over OPENAI_BASE_URL / OPENAI_API_KEY); for `local` e.g. `n_ctx`,
+    `max_tokens`; for `scripted` the `ScriptedChatModel` fields.
+    """
+    kind, _, arg = spec.strip().partition(":")
+    if kind not in {"local", "openai", "scripted"} or (kind == "openai" and not arg):
+        raise ValueError(f"unknown LLM spec {spec!r}; valid forms: {_SPEC_FORMS}")
+    key = (
+        spec.strip(),
+        float(temperature),
+        seed,
+        tuple(sorted((k, repr(v)) for k, v in kwargs.items())),
+    )
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _build(kind, arg, temperature, seed, kwargs)
+        return _CACHE[key]
+
+
+def _build(
+    kind: str, arg: str, temperature: float, seed: int | None, kwargs: dict
+) -> BaseChatModel:
+    if kind == "scripted":
+        from nodes.scripted import ScriptedChatModel, get_scripted_responder
+
+        if arg:
+            get_scripted_responder(arg)  # fail now, not on the first call, if NAME is unknown
+        return ScriptedChatModel(responder_name=arg or None, **kwargs)
+    if kind == "local":
+        from nodes.local_llm import LocalChatModel, find_local_model
+
+        path = find_local_model(arg or None)
+        return LocalChatModel(model_path=str(path), temperature=temperature, seed=seed, **kwargs)
+    return _make_openai(arg, temperature, seed, kwargs)
+
+
+# --- OpenAI-compatible endpoints -----------------------------------------------------------------
+
+# Base URLs that answered 400 to a json_schema response_format; per process, so one probe each.
+_NO_JSON_SCHEMA: set[str] = set()
+
+
+class FallbackChatOpenAI(ChatOpenAI):
+    """Use json_schema structured output, switching to function calling where it is refused."""
+
+    def with_structured_output(
+        self, schema: Any = None, *, method: str | None = None, include_raw: bool = False, **kw: Any
+    ) -> Runnable:
+        """Return a runnable that remembers, per base URL, which method the server accepts."""
+        if method is not None:
+            return super().with_structured_output(
+                schema, method=method, include_raw=include_raw, **kw
+            )
+        via_schema = super().with_structured_output(
+            schema, method="json_schema", include_raw=include_raw, **kw
+        )
+        via_tools = super().with_structured_output(
+            schema, method="function_calling", include_raw=include_raw, **kw
+        )
+        url = _base_url(self)
+
+        def invoke(messages: Any, config: RunnableConfig) -> Any:
+            if url not in _NO_JSON_SCHEMA:
+                try:
+                    return via_schema.invoke(messages, config)
+                except openai.BadRequestError:
+                    pass  # maybe json_schema is unsupported: fall through and find out
+            out = via_tools.invoke(messages, config)
+            _NO_JSON_SCHEMA.add(url)
+            return out
+
+        async def ainvoke(messages: Any, config: RunnableConfig) -> Any:
+            if url not in _NO_JSON_SCHEMA:
+                try:
+                    return await via_schema.ainvoke(messages, config)
+                except openai.BadRequestError:
+                    pass
+            out = await via_tools.ainvoke(messages, config)
+            _NO_JSON_SCHEMA.add(url)
+            return out
+
+        return RunnableLambda(invoke, afunc=ainvoke, name="structured_output")
+
+
+def _make_openai(model: str, temperature: float, seed: int | None, kwargs: dict) -> ChatOpenAI:
+    kwargs = dict(kwargs)
+    base_url = (
+        kwargs.pop("base_url", None)
+        or os.environ.get("OPENAI_BASE_URL")
+        or os.environ.get("OPENAI_API_BASE")
+    )
+    api_key = kwargs.pop("api_key", None) or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if not base_url:
+            raise LLMError(f"openai:{model} needs OPENAI_API_KEY (or api_key=...) to be set")
+        api_key = "not-needed"  # local OpenAI-compatible servers usually ignore the key
+    kwargs.setdefault("timeout", 60.0)
+    return FallbackChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        temperature=temperature,
+        seed=seed,
+        max_retries=0,  # call_structured owns the retry policy, with backoff and Retry-After
+        **kwargs,
+    )

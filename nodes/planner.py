@@ -1,0 +1,33 @@
+"""Planner (macro level): a short plan for the next step, informed by retrieved reflections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from nodes import prompts
+from nodes.llms import call_structured
+from nodes.resources import get_resources
+from nodes.views import episode_text, history_text, messages, with_usage
+
+FALLBACK_THOUGHT = "Recommend a well-liked item from a genre not shown in the last four steps."
+
+
+async def planner(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+    """Write the plan for the next recommendation; fall back to a generic plan on bad output."""
+    res = get_resources(runtime.context)
+    user = prompts.PLANNER_USER.format(
+        history=history_text(res, state),
+        episode=episode_text(res, state),
+        reflections=prompts.list_block(state.get("reflections", []), "(none yet)"),
+    )
+    result = await call_structured(res.llm, messages(prompts.PLANNER_SYSTEM, user), prompts.Plan)
+    thought = result.value.thought.strip() if result.ok and result.value else ""
+    fallback = not thought
+    return {
+        "thought": thought or FALLBACK_THOUGHT,
+        "pending": with_usage({}, "planner", result.usage, fallback),
+        "usage": {"planner": result.usage.to_dict()},
+        "fallbacks": {"planner": int(fallback)},
+    }

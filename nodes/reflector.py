@@ -1,0 +1,51 @@
+"""Reflector: after an episode, a lesson on why the user left, stored in macro memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from nodes import prompts
+from nodes.llms import call_structured
+from nodes.resources import get_resources
+from nodes.views import episode_text, history_text, messages
+
+
+def fallback_reflection(reason: str | None, length: int) -> str:
+    """Return the documented reflection used when the model's answer is unusable."""
+    why = prompts.QUIT_EXPLAINED.get(reason or "", "the session ended")
+    return (
+        f"The session lasted {length} items and ended because {why}. Next time, change genre "
+        "more often and never recommend anything close to the last four items."
+    )
+
+
+async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+    """Write a reflection on the finished episode; store it and persist memories when learning."""
+    ctx = runtime.context
+    res = get_resources(ctx)
+    steps = state.get("steps", [])
+    reason = state.get("quit_reason")
+    user = prompts.REFLECTOR_USER.format(
+        history=history_text(res, state),
+        episode=episode_text(res, state),
+        reason=prompts.QUIT_EXPLAINED.get(reason or "", str(reason)),
+        total=sum(s["reward"] for s in steps),
+        length=sum(1 for s in steps if s["accepted"]),
+    )
+    result = await call_structured(
+        res.llm, messages(prompts.REFLECTOR_SYSTEM, user), prompts.Reflection
+    )
+    text = result.value.reflection.strip() if result.ok and result.value else ""
+    fallback = not text
+    if fallback:
+        text = fallback_reflection(reason, sum(1 for s in steps if s["accepted"]))
+    if ctx.learn:
+        await res.memories.macro.aadd(text, history_text(res, state), {"user": state["user_id"]})
+        res.memories.save()
+    return {
+        "reflection": text,
+        "usage": {"reflector": result.usage.to_dict()},
+        "fallbacks": {"reflector": int(fallback)},
+    }

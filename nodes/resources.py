@@ -1,0 +1,210 @@
+"""Build the heavy objects a run needs from its JSON-native context, once per process.
+
+The graph's state and context stay JSON-native (checkpoints, Studio); environments, models,
+indexes and memories live here, cached by the context fields that determine them, so a thousand
+episodes share one loaded model and one set of memories.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memory.embeddings import Embeddings, cached_embed, make_embeddings
+from memory.stores import ActorMemory, CriticMemory, MacroMemory
+from nodes.candidates import CandidateGenerator
+from nodes.grounding import TitleIndex
+from nodes.llms import make_chat_model
+from nodes.value_net import LearnedCritic
+from simulator.build import EnvBundle, EnvConfig, build_env
+from simulator.paths import cache_dir
+
+_lock = threading.RLock()
+_cache: dict[tuple, Any] = {}
+
+
+def _once(key: tuple, make: Any) -> Any:
+    """Return the cached object for `key`, building it with `make()` the first time."""
+    with _lock:
+        if key not in _cache:
+            _cache[key] = make()
+        return _cache[key]
+
+
+def clear_cache() -> None:
+    """Forget every cached object (tests use it to simulate a fresh process)."""
+    with _lock:
+        _cache.clear()
+
+
+@dataclass
+class Memories:
+    """The three BiLLP memories of one memory folder."""
+
+    macro: MacroMemory
+    actor: ActorMemory
+    critic: CriticMemory
+    learned_critic: LearnedCritic
+    path: Path
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def save(self) -> None:
+        """Persist every memory atomically (called after each finished episode)."""
+        with self.write_lock:
+            self.macro.save()
+            self.actor.save()
+            self.critic.save()
+            self.learned_critic.save()
+
+
+@dataclass
+class Catalogue:
+    """Titles and genres of the items, with the index that grounds free-text titles."""
+
+    titles: list[str]
+    genres: list[list[str]]
+    index: TitleIndex
+    embeddings: Embeddings
+
+    def describe(self, item: int) -> tuple[str, list[str]]:
+        """Return (title, genres) of an item."""
+        return self.titles[item], self.genres[item]
+
+
+@dataclass
+class Resources:
+    """Everything a node needs that is not episode state."""
+
+    bundle: EnvBundle
+    split: str
+    catalogue: Catalogue
+    memories: Memories
+    llm: Any
+    candidates: CandidateGenerator
+    _ratings: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @cached_property
+    def item_vectors(self) -> np.ndarray:
+        """Return the split model's item vectors: they define item distance in the quit rule."""
+        model = self.bundle.gt_model if self.split == "test" else self.bundle.train_model
+        with torch.inference_mode():
+            return model.item_vectors().detach().numpy().copy()
+
+    @property
+    def tau(self) -> float:
+        """Return the split's similarity threshold."""
+        return self.bundle.tau if self.split == "test" else self.bundle.train_tau
+
+    @property
+    def window(self) -> int:
+        """Return how many recent recommendations the similarity rule looks at."""
+        return self.bundle.config.window
+
+    def ratings_of(self, user: int) -> torch.Tensor:
+        """Return this user's rating of every item under the split's model (computed once)."""
+        if user not in self._ratings:
+            if not 0 <= user < self.bundle.dataset.n_users:
+                raise ValueError(
+                    f"user_id {user} is not a user of {self.bundle.dataset.name} "
+                    f"(0..{self.bundle.dataset.n_users - 1})"
+                )
+            test = self.split == "test"
+            model = self.bundle.gt_model if test else self.bundle.train_model
+            calibrator = self.bundle.gt_calibrator if test else self.bundle.train_calibrator
+            with torch.inference_mode():
+                scores = model.score_matrix(torch.tensor([user]))[0]
+                self._ratings[user] = calibrator(scores, integer=test).float()
+        return self._ratings[user]
+
+    def history_of(self, user: int, length: int) -> list[int]:
+        """Return the user's latest `length` logged positive items, oldest first."""
+        return self.bundle.histories.get(user, [])[-length:]
+
+
+def env_bundle(ctx: Any) -> EnvBundle:
+    """Return the built environment of the context's dataset (built or loaded once)."""
+    config = EnvConfig(dataset=ctx.dataset, seed=ctx.env_seed)
+    key = ("env", ctx.dataset, ctx.data_dir, ctx.env_seed)
+    return _once(key, lambda: build_env(config, ctx.data_dir))
+
+
+def memory_path(ctx: Any) -> Path:
+    """Return the memory folder of a context (explicit, or one per dataset and embedding)."""
+    if ctx.memory_dir:
+        return Path(ctx.memory_dir).expanduser()
+    spec = ctx.embeddings.replace(":", "_").replace("/", "_")
+    return cache_dir() / "memory" / f"{ctx.dataset}-{spec}"
+
+
+def memories(ctx: Any) -> Memories:
+    """Return the macro, actor and critic memories stored under the context's memory folder."""
+    path = memory_path(ctx)
+
+    def make() -> Memories:
+        emb = make_embeddings(ctx.embeddings)
+        return Memories(
+            macro=MacroMemory(emb, path / "macro"),
+            actor=ActorMemory(emb, path / "actor", near=ctx.actor_near, band=tuple(ctx.actor_band)),
+            critic=CriticMemory(emb, path / "critic", near=ctx.critic_near),
+            learned_critic=LearnedCritic(emb.dim, path / "value_net"),
+            path=path,
+        )
+
+    return _once(("memories", str(path), ctx.embeddings), make)
+
+
+def catalogue(ctx: Any, bundle: EnvBundle) -> Catalogue:
+    """Return the catalogue with title embeddings (cached on disk per dataset and spec)."""
+
+    def make() -> Catalogue:
+        emb = make_embeddings(ctx.embeddings)
+        titles = bundle.dataset.titles()
+        base = bundle.path or cache_dir() / "envs" / ctx.dataset
+        spec = emb.spec.replace(":", "_").replace("/", "_")
+        vectors = cached_embed(emb, titles, Path(base) / f"titles-{spec}.npy")
+        genres = [list(g) for g in bundle.dataset.items["genres"]]
+        return Catalogue(titles, genres, TitleIndex(titles, np.asarray(vectors)), emb)
+
+    return _once(("catalogue", id(bundle), ctx.embeddings), make)
+
+
+def llm_spec(spec: str) -> str:
+    """Map `scripted` to the BiLLP-aware test double; leave every other spec unchanged."""
+    if spec == "scripted":
+        import nodes.scripted_agent as agent  # registers its responder
+
+        return f"scripted:{agent.NAME}"
+    return spec
+
+
+def get_resources(ctx: Any) -> Resources:
+    """Return the resources of a context, building what is missing."""
+    bundle = env_bundle(ctx)
+    key = (
+        "resources",
+        id(bundle),
+        ctx.split,
+        ctx.embeddings,
+        str(memory_path(ctx)),
+        ctx.llm,
+        ctx.temperature,
+        ctx.seed,
+    )
+
+    def make() -> Resources:
+        return Resources(
+            bundle=bundle,
+            split=ctx.split,
+            catalogue=catalogue(ctx, bundle),
+            memories=memories(ctx),
+            llm=make_chat_model(llm_spec(ctx.llm), temperature=ctx.temperature, seed=ctx.seed),
+            candidates=_once(("candidates", id(bundle)), lambda: CandidateGenerator(bundle)),
+        )
+
+    return _once(key, make)

@@ -1,0 +1,234 @@
+"""Provide a deterministic chat model for tests and demos: a test double, never an LLM result.
+
+`ScriptedChatModel` answers through a responder `(messages, schema) -> dict | str`. The default
+responder builds a schema-valid instance from the JSON schema alone; graph code can register a
+smarter one under a name (`scripted:NAME`). Fault injection ("malformed", "schema", "error",
+"fatal") lets the retry and fallback paths of `nodes.llms` be tested offline. Token counts are
+estimated (characters / 4) so usage accounting runs exactly as it does with a real model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+
+from nodes.llms import TransientLLMError
+from nodes.local_llm import json_structured_output
+
+Responder = Callable[[list[BaseMessage], type[BaseModel] | None], dict | str]
+
+FAULTS = ("ok", "malformed", "schema", "error", "fatal")
+DEFAULT_TEXT = "scripted answer"
+
+_RESPONDERS: dict[str, Responder] = {}
+_RESPONDERS_LOCK = threading.Lock()
+
+
+class ScriptedTransientError(TransientLLMError):
+    """Imitate a rate limit or timeout (fault "error"); the caller should back off and retry."""
+
+
+class ScriptedFatalError(RuntimeError):
+    """Imitate a non-retryable failure (fault "fatal"); it must propagate to the caller."""
+
+
+def register_scripted_responder(name: str, fn: Responder) -> None:
+    """Install `fn` as the responder of spec `scripted:NAME` (replacing any earlier one)."""
+    if not name or ":" in name:
+        raise ValueError(f"responder name must be non-empty and contain no ':', got {name!r}")
+    with _RESPONDERS_LOCK:
+        _RESPONDERS[name] = fn
+
+
+def get_scripted_responder(name: str) -> Responder:
+    """Return the responder registered under `name`, or raise listing the known names."""
+    with _RESPONDERS_LOCK:
+        if name not in _RESPONDERS:
+            known = ", ".join(sorted(_RESPONDERS)) or "none"
+            raise ValueError(
+                f"no scripted responder named {name!r} (registered: {known}); "
+                "call nodes.scripted.register_scripted_responder first"
+            )
+        return _RESPONDERS[name]
+
+
+def example_from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """Build the simplest value a JSON schema accepts (first enum value, smallest number...)."""
+    root = root or schema
+    if "$ref" in schema:
+        return example_from_schema(_resolve(schema["$ref"], root), root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if options := schema.get(key):
+            usable = [o for o in options if o.get("type") != "null"] or options
+            return example_from_schema(usable[0], root)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {
+            k: example_from_schema(props[k], root) for k in schema.get("required", []) if k in props
+        }
+    if kind == "array":
+        count = max(int(schema.get("minItems", 0)), 1)
+        count = min(count, int(schema.get("maxItems", count)))
+        return [example_from_schema(schema.get("items", {}), root) for _ in range(count)]
+    if kind in ("integer", "number"):
+        return _smallest_number(schema, integer=kind == "integer")
+    if kind == "string":
+        text = DEFAULT_TEXT.ljust(int(schema.get("minLength", 0)), ".")
+        return text[: int(schema.get("maxLength", len(text)))]
+    if kind == "boolean":
+        return False
+    return None
+
+
+def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
+    if not ref.startswith("#/"):
+        raise ValueError(f"only local $ref are supported, got {ref!r}")
+    node: Any = root
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def _smallest_number(schema: dict[str, Any], integer: bool) -> float | int:
+    """Return 0 when the bounds allow it, else the bound nearest to 0."""
+    step = 1 if integer else 1e-6
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if "exclusiveMinimum" in schema:
+        low = schema["exclusiveMinimum"] + step
+    if "exclusiveMaximum" in schema:
+        high = schema["exclusiveMaximum"] - step
+    value: float = 0
+    if low is not None and value < low:
+        value = math.ceil(low) if integer else low
+    elif high is not None and value > high:
+        value = math.floor(high) if integer else high
+    return int(value) if integer else float(value)
+
+
+def default_responder(messages: list[BaseMessage], schema: type[BaseModel] | None) -> dict | str:
+    """Answer with the simplest valid instance of `schema`, or a fixed text without one."""
+    if schema is None:
+        return DEFAULT_TEXT
+    return example_from_schema(schema.model_json_schema())
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimate tokens as characters / 4 (rounded up), the usual rule of thumb for English."""
+    return math.ceil(len(text) / 4)
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Answer deterministically through a responder; optionally inject faults in a fixed cycle."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    responder: Responder | None = None
+    """Callable producing the answer; None uses the registered `responder_name`, else default."""
+    responder_name: str | None = None
+    """Name given to `register_scripted_responder`, looked up at call time."""
+    faults: Sequence[str] = ("ok",)
+    """Outcome of successive calls, cycled: ok, malformed, schema, error (transient), fatal."""
+
+    _cycle: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _calls: int = PrivateAttr(default=0)
+
+    @field_validator("faults")
+    @classmethod
+    def _known_faults(cls, faults: Sequence[str]) -> tuple[str, ...]:
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown or not faults:
+            raise ValueError(f"faults must be a non-empty sequence of {FAULTS}, got {faults!r}")
+        return tuple(faults)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    @property
+    def calls(self) -> int:
+        """Return how many requests this instance has received (faults included)."""
+        return self._calls
+
+    def _next_fault(self) -> str:
+        with self._lock:
+            if self._cycle is None:
+                self._cycle = itertools.cycle(self.faults)
+            self._calls += 1
+            return next(self._cycle)
+
+    def _answer(self, messages: list[BaseMessage], schema: type[BaseModel] | None) -> str:
+        fault = self._next_fault()
+        if fault == "error":
+            raise ScriptedTransientError("scripted transient failure (fault 'error')")
+        if fault == "fatal":
+            raise ScriptedFatalError("scripted fatal failure (fault 'fatal')")
+        if fault == "malformed":
+            return "" if schema is None else "Sure! Here is my answer: {not json"
+        if fault == "schema":
+            return "" if schema is None else _violating_json(schema)
+        responder = self.responder
+        if responder is None:
+            responder = (
+                get_scripted_responder(self.responder_name)
+                if self.responder_name
+                else default_responder
+            )
+        answer = responder(messages, schema)
+        return answer if isinstance(answer, str) else json.dumps(answer)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        structured_schema: type[BaseModel] | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        content = self._answer(messages, structured_schema)
+        prompt = sum(estimate_tokens(m.text) for m in messages)
+        completion = estimate_tokens(content)
+        message = AIMessage(
+            content=content,
+            usage_metadata={
+                "input_tokens": prompt,
+                "output_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+            response_metadata={"model_name": f"scripted:{self.responder_name or 'default'}"},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def with_structured_output(
+        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable:
+        """Return a runnable whose output is a validated `schema` instance, like the local model."""
+        return json_structured_output(self.bind(structured_schema=schema), schema, include_raw)
+
+
+def _violating_json(schema: type[BaseModel]) -> str:
+    """Return well-formed JSON that `schema` rejects, to imitate a model ignoring the format."""
+    candidate = {name: {"unexpected": [1, 2]} for name in schema.model_fields}
+    try:
+        schema.model_validate(candidate)
+    except ValidationError:
+        return json.dumps(candidate)
+    return json.dumps(["not", "an", "object"])  # every field accepts objects: break the shape

@@ -1,0 +1,392 @@
+"""Build a dataset's train and test environments once, cache them, and describe them in a card.
+
+The reference BiLLP never published how its reward and distance matrices were made. Here every
+step is explicit and reproducible from raw files: load -> split users -> fit a ground-truth user
+model on all logged data and a train model on training users only -> calibrate scores to ratings
+-> pick tau from a percentile of item distances -> evaluate the reference policies on test users.
+Artifacts are keyed by the input files' checksums and the config, so a changed input rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from simulator.calibration import RatingCalibrator
+from simulator.datasets import dataset_sources, load_dataset
+from simulator.env import BatchedRecEnv, RecEnv, UserWorld, distance_threshold
+from simulator.files import atomic_write_json, sha256_bytes, sha256_file
+from simulator.paths import cache_dir
+from simulator.policies import (
+    ItemCFPolicy,
+    OraclePolicy,
+    PopularityPolicy,
+    RandomPolicy,
+    evaluate_policy,
+    summarize,
+)
+from simulator.types import Dataset
+from simulator.user_model import (
+    UserModel,
+    UserModelConfig,
+    evaluate_leave_last_out,
+    leave_last_out,
+    train_user_model,
+)
+
+log = logging.getLogger(__name__)
+
+# Bump when the build logic changes in a way that changes artifacts: old caches then rebuild.
+BUILD_VERSION = 2
+# Learners know only the training model's geometry, not the true tau: they keep a margin.
+LEARNER_TAU_MARGIN = 1.5
+Split = Literal["train", "test"]
+Progress = Callable[[str, float], None]
+
+
+@dataclass(kw_only=True)
+class EnvConfig:
+    """Everything that determines a built environment (and so its cache key)."""
+
+    dataset: str = "synthetic"
+    """Dataset name: steam, amazon, csv or synthetic."""
+    seed: int = 0
+    """Seed of the user split, model training and policy evaluation."""
+    test_fraction: float = 0.2
+    """Share of users held out for the test environment."""
+    min_split_users: int = 100
+    """Each side of the split gets at least this many users (when the dataset has them)."""
+    tau_percentile: float = 5.0
+    """tau = this percentile of item-item distances: lower means fewer similarity quits."""
+    window: int = 4
+    """How many of this episode's latest recommendations the similarity rule compares against."""
+    max_steps: int = 50
+    """Episodes are truncated after this many steps."""
+    user_model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of `UserModelConfig` fields (kind, dim, epochs, ...)."""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """Loader options (e.g. synthetic sizes, csv paths)."""
+
+    def key(self, data_dir: str | Path | None) -> str:
+        """Return the cache key: config + input checksums + build version."""
+        sources = dataset_sources(self.dataset, data_dir, **self.dataset_options)
+        payload = {
+            "version": BUILD_VERSION,
+            "config": asdict(self),
+            "sources": sorted((p.name, sha256_file(p)) for p in sources),
+        }
+        return sha256_bytes(json.dumps(payload, sort_keys=True, default=str).encode())[:16]
+
+
+@dataclass
+class EnvBundle:
+    """A built dataset: both environments, the models behind them, the user split and the card."""
+
+    config: EnvConfig
+    dataset: Dataset
+    train_users: list[int]
+    test_users: list[int]
+    gt_model: UserModel
+    train_model: UserModel
+    gt_calibrator: RatingCalibrator
+    train_calibrator: RatingCalibrator
+    tau: float
+    train_tau: float
+    card: dict[str, Any]
+    path: Path | None = None
+
+    def users(self, split: Split) -> list[int]:
+        """Return the global user ids of a split."""
+        return self.train_users if split == "train" else self.test_users
+
+    @cached_property
+    def histories(self) -> dict[int, list[int]]:
+        """Return each user's logged positive items in time order (what agents are shown)."""
+        pos = self.dataset.interactions
+        pos = pos[pos["signal"] > 0].sort_values(["user", "order"])
+        return {int(u): g["item"].astype(int).tolist() for u, g in pos.groupby("user")}
+
+    @cached_property
+    def train_interactions(self) -> pd.DataFrame:
+        """Return the logged interactions of training users: all that learners may read."""
+        inter = self.dataset.interactions
+        return inter[inter["user"].isin(self.train_users)]
+
+    @cached_property
+    def popularity(self) -> torch.Tensor:
+        """Return per-item positive counts in the training logs."""
+        pos = self.train_interactions
+        pos = pos[pos["signal"] > 0]
+        counts = np.bincount(pos["item"].to_numpy(), minlength=self.dataset.n_items)
+        return torch.as_tensor(counts, dtype=torch.float32)
+
+    def world(self, split: Split) -> UserWorld:
+        """Return a split's rating world (train: train model, continuous; test: ground truth)."""
+        cache = self.__dict__.setdefault("_worlds", {})
+        if split not in cache:
+            cache[split] = _make_world(self, split)
+        return cache[split]
+
+    def make_env(self, split: Split = "test") -> RecEnv:
+        """Return a Gymnasium environment over the split's users."""
+        return RecEnv(self.world(split), users=self.users(split))
+
+    def make_batched_env(self, split: Split = "test") -> BatchedRecEnv:
+        """Return the vectorized environment of a split."""
+        return BatchedRecEnv(self.world(split))
+
+
+def _make_world(bundle: EnvBundle, split: Split) -> UserWorld:
+    users = bundle.users(split)
+    model = bundle.gt_model if split == "test" else bundle.train_model
+    calibrator = bundle.gt_calibrator if split == "test" else bundle.train_calibrator
+    with torch.inference_mode():
+        scores = model.score_matrix(torch.as_tensor(users, dtype=torch.long))
+        ratings = calibrator(scores, integer=(split == "test"))
+        vectors = model.item_vectors().detach().clone()
+    return UserWorld(
+        ratings=ratings.float().contiguous(),
+        item_vectors=vectors,
+        tau=bundle.tau if split == "test" else bundle.train_tau,
+        user_ids=torch.as_tensor(users, dtype=torch.long),
+        window=bundle.config.window,
+        max_steps=bundle.config.max_steps,
+    )
+
+
+def split_users(dataset: Dataset, config: EnvConfig) -> tuple[list[int], list[int]]:
+    """Split users into disjoint train and test sets, seeded; each side >= min_split_users."""
+    pos = dataset.interactions[dataset.interactions["signal"] > 0]
+    eligible = np.sort(pos["user"].unique())
+    rng = np.random.default_rng(config.seed)
+    perm = rng.permutation(eligible)
+    n_test = max(round(len(perm) * config.test_fraction), config.min_split_users)
+    n_test = min(n_test, len(perm) // 2)
+    return sorted(perm[n_test:].tolist()), sorted(perm[:n_test].tolist())
+
+
+def _random_pairs_scores(model: UserModel, users: list[int], n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.as_tensor(users)[torch.randint(len(users), (n,), generator=gen)]
+    i = torch.randint(model.n_items, (n,), generator=gen)
+    with torch.inference_mode():
+        return model.score(u, i)
+
+
+def _fit(
+    name: str,
+    inter: pd.DataFrame,
+    dataset: Dataset,
+    users: list[int],
+    mconf: UserModelConfig,
+    seed: int,
+    progress: Progress | None,
+) -> tuple[UserModel, RatingCalibrator, dict[str, Any], dict[str, torch.Tensor]]:
+    """Fit one user model with the last positive of each user held out; calibrate its ratings."""
+    train_df, heldout = leave_last_out(inter)
+
+    def report(epoch: int, epochs: int, loss: float) -> None:
+        if progress:
+            progress(f"{name} model: epoch {epoch}/{epochs} loss {loss:.4f}", epoch / epochs)
+
+    model = train_user_model(train_df, dataset.n_users, dataset.n_items, mconf, progress=report)
+    model.eval()
+    quality = evaluate_leave_last_out(model, heldout, train_df, dataset.n_items, seed=seed)
+    with torch.inference_mode():
+        pos_scores = model.score(
+            torch.as_tensor(heldout["user"].to_numpy(copy=True)),
+            torch.as_tensor(heldout["item"].to_numpy(copy=True)),
+        )
+    rand_scores = _random_pairs_scores(model, users, 20_000, seed)
+    calibrator = RatingCalibrator.fit(pos_scores, rand_scores)
+    return model, calibrator, quality, {"positives": pos_scores, "random": rand_scores}
+
+
+def build_env(
+    config: EnvConfig,
+    data_dir: str | Path | None = None,
+    *,
+    cache: str | Path | None = None,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+) -> EnvBundle:
+    """Return the built environments of `config`, from cache when inputs and config match."""
+    root = cache_dir(cache) / "envs"
+    path = root / f"{config.dataset}-{config.key(data_dir)}"
+    if not rebuild and (path / "manifest.json").is_file():
+        try:
+            return load_env(path, data_dir)
+        except (OSError, ValueError) as err:
+            log.warning("Cached environment at %s is unusable (%s); rebuilding it.", path, err)
+    bundle = _build(config, data_dir, progress)
+    _save(bundle, path)
+    bundle.path = path
+    return bundle
+
+
+def _build(config: EnvConfig, data_dir: str | Path | None, progress: Progress | None) -> EnvBundle:
+    started = time.perf_counter()
+    say = progress or (lambda msg, frac: None)
+    say(f"loading {config.dataset}", 0.0)
+    dataset = load_dataset(config.dataset, data_dir, **config.dataset_options)
+    train_users, test_users = split_users(dataset, config)
+    mconf = UserModelConfig.from_dict({"seed": config.seed, **config.user_model})
+    inter = dataset.interactions
+    gt_model, gt_cal, gt_q, gt_scores = _fit(
+        "ground-truth", inter, dataset, test_users, mconf, config.seed, progress
+    )
+    train_inter = inter[inter["user"].isin(train_users)]
+    train_model, train_cal, train_q, _ = _fit(
+        "train", train_inter, dataset, train_users, mconf, config.seed, progress
+    )
+    with torch.inference_mode():
+        tau = distance_threshold(gt_model.item_vectors(), config.tau_percentile, seed=config.seed)
+        train_tau = distance_threshold(
+            train_model.item_vectors(), config.tau_percentile, seed=config.seed
+        )
+    bundle = EnvBundle(
+        config=config,
+        dataset=dataset,
+        train_users=train_users,
+        test_users=test_users,
+        gt_model=gt_model,
+        train_model=train_model,
+        gt_calibrator=gt_cal,
+        train_calibrator=train_cal,
+        tau=float(tau),
+        train_tau=float(train_tau),
+        card={},
+    )
+    say("evaluating reference policies", 0.95)
+    bundle.card = make_card(bundle, gt_q, train_q, gt_scores)
+    bundle.card["build_seconds"] = round(time.perf_counter() - started, 1)
+    return bundle
+
+
+def reference_policies(bundle: EnvBundle, split: Split = "test") -> dict[str, Any]:
+    """Return the four reference policies for a split, built from training logs (oracle aside)."""
+    world = bundle.world(split)
+    return {
+        "random": RandomPolicy(bundle.dataset.n_items, seed=bundle.config.seed),
+        "popularity": PopularityPolicy(bundle.popularity),
+        "itemcf": ItemCFPolicy(
+            bundle.train_interactions,
+            bundle.dataset.n_items,
+            history=bundle.histories,
+            item_vectors=bundle.train_model.item_vectors().detach(),
+            tau=bundle.train_tau * LEARNER_TAU_MARGIN,
+        ),
+        "oracle": OraclePolicy(world),
+    }
+
+
+def make_card(
+    bundle: EnvBundle,
+    gt_quality: dict[str, Any],
+    train_quality: dict[str, Any],
+    gt_scores: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Describe an environment: sizes, model quality, rating distributions, policy results."""
+    ds = bundle.dataset
+    policies = {}
+    for name, policy in reference_policies(bundle, "test").items():
+        episodes = evaluate_policy(
+            bundle.world("test"), policy, bundle.test_users, seed=bundle.config.seed
+        )
+        policies[name] = {k: round(float(v), 4) for k, v in summarize(episodes).items()}
+    cal = bundle.gt_calibrator
+    return {
+        "dataset": ds.name,
+        "n_users": ds.n_users,
+        "n_items": ds.n_items,
+        "n_interactions": len(ds.interactions),
+        "n_negatives": int((ds.interactions["signal"] < 0).sum()),
+        "n_train_users": len(bundle.train_users),
+        "n_test_users": len(bundle.test_users),
+        "user_model": {
+            "kind": bundle.gt_model.config.kind,
+            "auc": round(float(gt_quality["auc"]), 4),
+            "hr_at_10": round(float(gt_quality["hr_at_10"]), 4),
+            "n_eval_users": int(gt_quality["n_users"]),
+        },
+        "train_user_model": {
+            "auc": round(float(train_quality["auc"]), 4),
+            "hr_at_10": round(float(train_quality["hr_at_10"]), 4),
+        },
+        "tau": round(bundle.tau, 6),
+        "train_tau": round(bundle.train_tau, 6),
+        "tau_percentile": bundle.config.tau_percentile,
+        "window": bundle.config.window,
+        "max_steps": bundle.config.max_steps,
+        "rating_hist": {
+            "positives": cal.histogram(gt_scores["positives"], integer=True),
+            "random": cal.histogram(gt_scores["random"], integer=True),
+        },
+        "policies": policies,
+        "stats": {k: int(v) for k, v in ds.stats.items()},
+        "seed": bundle.config.seed,
+    }
+
+
+def _save(bundle: EnvBundle, path: Path) -> None:
+    """Write artifacts, then a manifest of their checksums last (its presence means complete)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    bundle.gt_model.save(path / "gt_model")
+    bundle.train_model.save(path / "train_model")
+    atomic_write_json(
+        path / "build.json",
+        {
+            "config": asdict(bundle.config),
+            "train_users": bundle.train_users,
+            "test_users": bundle.test_users,
+            "gt_calibrator": bundle.gt_calibrator.to_dict(),
+            "train_calibrator": bundle.train_calibrator.to_dict(),
+            "tau": bundle.tau,
+            "train_tau": bundle.train_tau,
+        },
+    )
+    atomic_write_json(path / "card.json", bundle.card)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    checksums = {str(p.relative_to(path)): sha256_file(p) for p in files}
+    atomic_write_json(path / "manifest.json", {"version": BUILD_VERSION, "files": checksums})
+
+
+def load_env(path: str | Path, data_dir: str | Path | None = None) -> EnvBundle:
+    """Load a built environment, verifying every artifact against the manifest's checksums."""
+    path = Path(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for rel, digest in manifest["files"].items():
+        if not (path / rel).is_file() or sha256_file(path / rel) != digest:
+            raise ValueError(
+                f"{path / rel} is missing or corrupt; rebuild with `billp env build --rebuild`"
+            )
+    meta = json.loads((path / "build.json").read_text())
+    config = EnvConfig(**meta["config"])
+    dataset = load_dataset(config.dataset, data_dir, **config.dataset_options)
+    return EnvBundle(
+        config=config,
+        dataset=dataset,
+        train_users=meta["train_users"],
+        test_users=meta["test_users"],
+        gt_model=UserModel.load(path / "gt_model"),
+        train_model=UserModel.load(path / "train_model"),
+        gt_calibrator=RatingCalibrator.from_dict(meta["gt_calibrator"]),
+        train_calibrator=RatingCalibrator.from_dict(meta["train_calibrator"]),
+        tau=float(meta["tau"]),
+        train_tau=float(meta["train_tau"]),
+        card=json.loads((path / "card.json").read_text()),
+        path=path,
+    )

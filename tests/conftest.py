@@ -1,0 +1,23 @@
+"""Shared test setup: an isolated artifact cache, and a small synthetic world built once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before any project import: every artifact a test builds goes to a throwaway cache, unless the
+# caller points BILLP_TEST_CACHE at a persistent one (handy when iterating locally).
+os.environ["BILLP_CACHE"] = os.environ.get("BILLP_TEST_CACHE") or tempfile.mkdtemp(
+    prefix="billp-test-cache-"
+)
+os.environ.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+os.environ.setdefault("LANGSMITH_TRACING", "false")
+
+
+@pytest.fixture(scope="session")
+def cache_root() -> Path:
+    """Return the session's artifact cache."""
+    return Path(os.environ["BILLP_CACHE"])

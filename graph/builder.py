@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -62,14 +63,30 @@ def variant_nodes(variant: Variant) -> tuple[Node, list[tuple[str, Node]], Node 
     raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 
+_thread_state = threading.local()
+_nested_pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="billp-sync-node")
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """Return this thread's event loop for sync node calls, created on first use and kept.
+
+    `asyncio.run` per node built a new loop and a new default executor (a fresh thread for every
+    `to_thread`) at each node of each step; reusing one loop per thread keeps both warm.
+    """
+    loop = getattr(_thread_state, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _thread_state.loop = loop
+    return loop
+
+
 def _run_sync(coro: Any) -> Any:
     """Run a coroutine to completion from sync code, even under a running loop (notebooks)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return _thread_loop().run_until_complete(coro)
+    return _nested_pool.submit(lambda: _thread_loop().run_until_complete(coro)).result()
 
 
 def dual(name: str, fn: Node) -> Any:

@@ -13,6 +13,9 @@ Error policy of `call_structured` / `call_text`:
   connections after every retry, because every later call would fail the same way and falling
   back on every step would yield a meaningless experiment;
 - anything else (a bug, or the scripted "fatal" fault) propagates unchanged.
+
+Defaults an environment may set (explicit arguments win): BILLP_LLM_BASE_DELAY, the first backoff
+in seconds (0.5), and BILLP_LLM_TIMEOUT, the `openai:` request timeout in seconds (60).
 """
 
 from __future__ import annotations
@@ -39,10 +42,28 @@ T = TypeVar("T", bound=BaseModel)
 
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 120.0
+DEFAULT_BASE_DELAY_S = 0.5
+DEFAULT_TIMEOUT_S = 60.0
+ENV_BASE_DELAY = "BILLP_LLM_BASE_DELAY"
+ENV_TIMEOUT = "BILLP_LLM_TIMEOUT"
 RETRY_FEEDBACK = (
     "Your previous answer could not be used ({error}). "
     "Answer again, following the required format exactly."
 )
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """Return $name as seconds >= 0, or `default` when unset (a default, never an override)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"${name} must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 class LLMError(RuntimeError):
@@ -198,7 +219,11 @@ def _config_error(model: BaseChatModel, exc: BaseException) -> LLMError:
 class _Attempts:
     """Decide, attempt by attempt, whether to return, retry after a delay, or raise."""
 
-    def __init__(self, model: BaseChatModel, retries: int, transient_retries: int, delay: float):
+    def __init__(
+        self, model: BaseChatModel, retries: int, transient_retries: int, delay: float | None
+    ):
+        if delay is None:  # the callers' default: $BILLP_LLM_BASE_DELAY, else 0.5 s
+            delay = _env_seconds(ENV_BASE_DELAY, DEFAULT_BASE_DELAY_S)
         if retries < 0 or transient_retries < 0 or delay < 0:
             raise ValueError("retries, transient_retries and base_delay must be >= 0")
         self.model, self.retries, self.transient_retries = model, retries, transient_retries
@@ -322,7 +347,7 @@ async def call_structured(
     *,
     retries: int = 1,
     transient_retries: int = 4,
-    base_delay: float = 0.5,
+    base_delay: float | None = None,
 ) -> StructuredResult[T]:
     """Ask for a `schema` instance; never raise on model output (see the module's error policy)."""
     run = _Attempts(model, retries, transient_retries, base_delay)
@@ -338,7 +363,7 @@ def call_structured_sync(
     *,
     retries: int = 1,
     transient_retries: int = 4,
-    base_delay: float = 0.5,
+    base_delay: float | None = None,
 ) -> StructuredResult[T]:
     """Do what `call_structured` does, blocking, for code with no event loop."""
     run = _Attempts(model, retries, transient_retries, base_delay)
@@ -353,7 +378,7 @@ async def call_text(
     *,
     retries: int = 1,
     transient_retries: int = 4,
-    base_delay: float = 0.5,
+    base_delay: float | None = None,
 ) -> TextResult:
     """Ask for free text with the same policy; an empty answer counts as malformed."""
     run = _Attempts(model, retries, transient_retries, base_delay)
@@ -469,7 +494,7 @@ def _make_openai(model: str, temperature: float, seed: int | None, kwargs: dict)
         if not base_url:
             raise LLMError(f"openai:{model} needs OPENAI_API_KEY (or api_key=...) to be set")
         api_key = "not-needed"  # local OpenAI-compatible servers usually ignore the key
-    kwargs.setdefault("timeout", 60.0)
+    kwargs.setdefault("timeout", _env_seconds(ENV_TIMEOUT, DEFAULT_TIMEOUT_S))
     return FallbackChatOpenAI(
         model=model,
         base_url=base_url,

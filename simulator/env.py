@@ -25,11 +25,11 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from simulator.rules import MIN_RATING_TO_STAY, judge
+
 RUNNING, LOW_RATING, SIMILAR, REPEAT, MAX_STEPS = 0, 1, 2, 3, 4
 QUIT_REASONS: tuple[str | None, ...] = (None, "low_rating", "similar", "repeat", "max_steps")
 """Quit reason by code: the batched env reports codes, the single env these strings."""
-
-MIN_RATING_TO_STAY = 2.0
 
 
 def quit_reason(code: int) -> str | None:
@@ -234,25 +234,18 @@ class RecEnv(gym.Env):
         if not 0 <= item < self._n_items:
             raise ValueError(f"action {action!r} is not an item id in [0, {self._n_items})")
         t = self._step + 1
-        rating = float(self._ratings[self._row, item])
-        window = self._items[-self._window :]
-        min_distance = math.inf
-        if window:
-            diff = self._vectors[window] - self._vectors[item]
-            min_distance = float(np.sqrt(np.square(diff).sum(-1)).min())
-        reason = None
-        if t >= 2:
-            if item in window:
-                reason = "repeat"
-            elif rating < MIN_RATING_TO_STAY:
-                reason = "low_rating"
-            elif np.float32(min_distance) < self._tau:
-                reason = "similar"
-        accepted = reason is None
-        reward = rating if accepted else 0.0
-        truncated = accepted and t >= self._max_steps
-        if truncated:
-            reason = "max_steps"
+        verdict = judge(
+            rating=float(self._ratings[self._row, item]),
+            item=item,
+            recommended=self._items,
+            vectors=self._vectors,
+            tau=float(self._tau),
+            window=self._window,
+            max_steps=self._max_steps,
+        )
+        rating, reason, min_distance = verdict.rating, verdict.quit_reason, verdict.min_distance
+        accepted, reward = verdict.accepted, verdict.reward
+        truncated = reason == "max_steps"
         self._items.append(item)
         self._item_ratings.append(rating)
         self._step = t

@@ -78,8 +78,7 @@ def _titles(rng: np.random.Generator, n_items: int) -> list[str]:
         titles.extend(
             f"{variants[k % len(variants)]} {k // len(variants) + 6}" for k in range(extra)
         )
-    # Permute so the first items are not all "The ..." and sequels are spread through the catalogue;
-    # keep a sorted pool first so the result depends only on the seed.
+    # Draw from the whole pool so item ids carry no pattern ("The ..." first, sequels last).
     pool = np.array(titles[: max(n_items, len(variants))], dtype=object)
     picked = rng.choice(len(pool), size=n_items, replace=False)
     return [str(t) for t in pool[picked]]
@@ -106,10 +105,11 @@ def _item_genres(rng: np.random.Generator, n_items: int) -> tuple[list[list[str]
 def generate(seed: int = 0, n_items: int = 2000, n_users: int = 2000) -> Dataset:
     """Generate a deterministic synthetic Dataset: same seed, identical frames.
 
-    Utility of item i for user u = 10 * (genre affinity) + 1.2 * (latent match) + 0.8 * (item
-    popularity). Each user logs 10–60 positives drawn without replacement from softmax(utility)
-    (Gumbel top-k), in a random time order, with signal 1–3 growing with utility, plus 0–3
-    explicit negatives (signal -1): popular items they tried that have low utility for them.
+    Utility of item i for user u = 10 * sqrt(20) * (genre taste . item genres) + 1.2 * (latent
+    match) + 0.8 * (item popularity). Each user logs 10–60 positives drawn without replacement
+    from softmax(utility) (Gumbel top-k), in a random time order, with signal 1–3 growing with
+    utility, plus 0–3 explicit negatives (signal -1): popular items they tried and liked least.
+    Memory grows as n_users * n_items (a dense utility matrix): ~100 MB at the defaults.
     """
     if n_items < 80 or n_users < 1:
         raise ValueError(

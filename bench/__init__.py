@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure speed, cost and quality, never timed unit tests."""

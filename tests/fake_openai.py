@@ -1,0 +1,479 @@
+"""Serve a misbehaving OpenAI-compatible chat endpoint on 127.0.0.1, for reliability tests.
+
+The server reads what each request asks for — function calling (`tools`), `response_format`
+`json_schema` / `json_object`, or plain text — and answers with a valid instance of the schema
+inside it, except when it decides (seeded, per request) to serve a fault instead:
+
+    429           HTTP 429 with a Retry-After header        500       HTTP 500
+    429_bare      HTTP 429 without Retry-After              timeout   sleep past the client timeout
+    bad_body      HTTP 200 whose body is not JSON           bad_json  content that is not JSON
+    missing       JSON lacking required fields              types     fields of the wrong type
+    range         out-of-range values (ints -> 10**9, enums -> a non-member)
+    hallucinated  a catalogue-like title that is not in the catalogue
+    empty         an empty answer                           long      a very long answer
+
+Faults that do not apply to a request (a schema fault on a plain-text request, a hallucinated
+title where the schema has no title) are not drawn for it. Every fault served is counted in
+`FakeOpenAI.stats()` and at `GET /stats`.
+
+    with FakeOpenAI(fault_rate=0.3, seed=0, titles=catalogue) as fake:
+        os.environ["OPENAI_BASE_URL"] = fake.url
+
+From a shell (for benchmarks): `python -m tests.fake_openai --port 8765 --fault-rate 0.3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+HTTP_FAULTS = ("429", "429_bare", "500", "timeout", "bad_body")
+CONTENT_FAULTS = ("bad_json", "empty", "long")
+SCHEMA_FAULTS = ("missing", "types", "range", "hallucinated")
+FAULTS = HTTP_FAULTS + CONTENT_FAULTS + SCHEMA_FAULTS
+
+HALLUCINATED = "The Chronicles of Nowhere: Imaginary Edition"
+NOT_JSON = 'Sure! Here is what I would recommend: {"title": Portal 2 -- hope that helps'
+LONG_CHARS = 200_000
+_TITLE_FIELD = re.compile(r"title|name", re.IGNORECASE)
+
+
+class SchemaInstance:
+    """Build values that a JSON schema accepts (or, on request, values it rejects)."""
+
+    def __init__(self, rng: random.Random, titles: Sequence[str] = ()) -> None:
+        self.rng = rng
+        self.titles = list(titles)
+
+    def valid(self, schema: dict[str, Any], root: dict[str, Any] | None = None, name: str = ""):
+        """Return a random value `schema` accepts; `name` is the property it is for."""
+        root = root if root is not None else schema
+        schema = self._deref(schema, root)
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            return self.rng.choice(schema["enum"])
+        for key in ("anyOf", "oneOf"):
+            if options := schema.get(key):
+                usable = [o for o in options if self._deref(o, root).get("type") != "null"]
+                return self.valid(self.rng.choice(usable or options), root, name)
+        if options := schema.get("allOf"):
+            return self.valid(options[0], root, name)
+        kind = _kind(schema)
+        if kind == "object":
+            props = schema.get("properties", {})
+            return {k: self.valid(v, root, k) for k, v in props.items()}
+        if kind == "array":
+            low = int(schema.get("minItems", 1))
+            high = int(schema.get("maxItems", max(low, 3)))
+            n = self.rng.randint(low, max(low, high))
+            return [self.valid(schema.get("items", {}), root, name) for _ in range(n)]
+        if kind in ("integer", "number"):
+            return self._number(schema, kind == "integer")
+        if kind == "string":
+            return self._string(schema, name)
+        if kind == "boolean":
+            return self.rng.random() < 0.5
+        return None
+
+    def _deref(self, schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            node: Any = root
+            for part in schema["$ref"].removeprefix("#/").split("/"):
+                node = node[part]
+            schema = node
+        return schema
+
+    def _number(self, schema: dict[str, Any], integer: bool) -> int | float:
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -5))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", 5))
+        if "exclusiveMinimum" in schema:
+            low += 1 if integer else 1e-6
+        if "exclusiveMaximum" in schema:
+            high -= 1 if integer else 1e-6
+        if integer:
+            return self.rng.randint(int(-(-low // 1)), int(high // 1))
+        return round(self.rng.uniform(low, high), 4)
+
+    def _string(self, schema: dict[str, Any], name: str) -> str:
+        if self.titles and _TITLE_FIELD.search(name):
+            text = self.rng.choice(self.titles)
+        else:
+            text = f"fake answer {self.rng.randrange(10_000)}: try a different genre next"
+        low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+        text = text.ljust(low, ".")
+        return text[: int(high)] if high is not None else text
+
+    def broken(self, fault: str, schema: dict[str, Any]) -> Any:
+        """Return a JSON value that violates `schema` the way `fault` says."""
+        root = schema
+        value = self.valid(schema)
+        props = self._deref(schema, root).get("properties", {})
+        if not isinstance(value, dict) or not props:
+            return ["not", "an", "object"]
+        if fault == "missing":
+            required = schema.get("required") or list(props)
+            return {k: v for k, v in value.items() if k not in required}
+        if fault == "types":
+            return {k: _wrong_type(self._deref(props[k], root)) for k in value}
+        if fault == "range":
+            return {k: _out_of_range(self._deref(props[k], root), v) for k, v in value.items()}
+        if fault == "hallucinated":
+            return {k: HALLUCINATED if _TITLE_FIELD.search(k) else v for k, v in value.items()}
+        raise ValueError(f"not a schema fault: {fault!r}")
+
+
+def _kind(schema: dict[str, Any]) -> str | None:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind is None and "properties" in schema:
+        return "object"
+    return kind
+
+
+def _wrong_type(schema: dict[str, Any]) -> Any:
+    kind = _kind(schema)
+    if kind == "string":
+        return {"unexpected": [1, 2]}
+    if kind in ("integer", "number") or schema.get("enum"):
+        return "five"
+    return 12345
+
+
+def _out_of_range(schema: dict[str, Any], value: Any) -> Any:
+    if schema.get("enum"):
+        sample = schema["enum"][0]
+        return 10**9 if isinstance(sample, int | float) else "not-a-member"
+    kind = _kind(schema)
+    if kind in ("integer", "number"):
+        return 10**9
+    if kind == "string":
+        return "x" * (int(schema.get("maxLength", 10_000)) + 1)
+    return value
+
+
+def request_schema(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
+    """Return (shape, JSON schema or None, tool name or None) of a chat-completion request.
+
+    Shapes: `tools` (function calling), `json_schema`, `json_object` and `text`.
+    """
+    if body.get("tools"):
+        tools = [t["function"] for t in body["tools"] if t.get("type") == "function"]
+        chosen = body.get("tool_choice")
+        if isinstance(chosen, dict) and chosen.get("function"):
+            tools = [t for t in tools if t["name"] == chosen["function"]["name"]] or tools
+        return "tools", tools[0].get("parameters") or {"type": "object"}, tools[0]["name"]
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return "json_schema", fmt["json_schema"].get("schema") or {"type": "object"}, None
+    if fmt.get("type") == "json_object":
+        return "json_object", fmt.get("schema"), None  # llama.cpp servers accept a schema here
+    return "text", None, None
+
+
+def _pad_strings(value: Any, chars: int) -> Any:
+    if isinstance(value, str):
+        return value + " and so on" * (chars // 10)
+    if isinstance(value, dict):
+        return {k: _pad_strings(v, chars) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_pad_strings(v, chars) for v in value]
+    return value
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible chat server on 127.0.0.1 that injects seeded faults."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        fault_rate: float = 0.0,
+        faults: Sequence[str] = FAULTS,
+        latency: float = 0.0,
+        seed: int = 0,
+        titles: Sequence[str] = (),
+        retry_after: float = 0.05,
+        timeout_sleep: float = 2.0,
+        force: dict[str, Any] | None = None,
+        keep_requests: int = 200,
+    ) -> None:
+        """Configure the server; `start()` (or `with`) binds it.
+
+        `fault_rate` is the share of requests answered with a fault, drawn uniformly from the
+        applicable ones among `faults`; `latency` seconds are added to every answer;
+        `titles` are what title fields are filled with; `retry_after` is the Retry-After sent
+        with `429`; `timeout_sleep` is how long `timeout` stalls (set it above the client's
+        timeout); `force` sets fields by name in every structured answer (e.g. `{"value": 10**9}`
+        for a critic that always answers out of range; not counted as a fault).
+        """
+        unknown = sorted(set(faults) - set(FAULTS))
+        if unknown or not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"faults must be among {FAULTS} and 0 <= fault_rate <= 1: {unknown}")
+        self.port = port
+        self.fault_rate, self.faults, self.latency = fault_rate, tuple(faults), latency
+        self.titles, self.retry_after, self.timeout_sleep = list(titles), retry_after, timeout_sleep
+        self.force = dict(force or {})
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
+        self.headers: deque[dict[str, str]] = deque(maxlen=keep_requests)
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle
+
+    @property
+    def url(self) -> str:
+        """Return the base URL to give OpenAI clients (`.../v1`)."""
+        if self._httpd is None:
+            raise RuntimeError("the fake server is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        """Bind 127.0.0.1 (a free port unless one was given) and serve in a daemon thread."""
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        self._httpd.daemon_threads = True  # a stalled `timeout` answer never blocks shutdown
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- accounting
+
+    def stats(self) -> dict[str, Any]:
+        """Return {"requests", "ok", "faults": total, "by_fault": {name: count}}."""
+        with self._lock:
+            by_fault = {k: v for k, v in self._counts.items() if k in FAULTS}
+            return {
+                "requests": self._counts["requests"],
+                "ok": self._counts["ok"],
+                "faults": sum(by_fault.values()),
+                "by_fault": dict(sorted(by_fault.items())),
+            }
+
+    def reset(self) -> None:
+        """Forget counts and recorded requests."""
+        with self._lock:
+            self._counts.clear()
+            self.requests.clear()
+            self.headers.clear()
+
+    # ---- answering
+
+    def _draw(self, shape: str, schema: dict[str, Any] | None) -> str | None:
+        """Return the fault to serve for this request, or None (under the lock: seeded order)."""
+        usable = [f for f in self.faults if f in HTTP_FAULTS or f in CONTENT_FAULTS]
+        if schema is not None and _kind(schema) == "object":
+            usable += [f for f in self.faults if f in SCHEMA_FAULTS and f != "hallucinated"]
+            if "hallucinated" in self.faults and any(
+                _TITLE_FIELD.search(k) for k in schema.get("properties", {})
+            ):
+                usable.append("hallucinated")
+        if self._rng.random() >= self.fault_rate or not usable:
+            return None
+        return self._rng.choice(usable)
+
+    def answer(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, bytes]:
+        """Return (status, headers, body bytes) for one chat-completion request."""
+        shape, schema, tool = request_schema(body)
+        with self._lock:
+            self._counts["requests"] += 1
+            self.requests.append(body)
+            self.headers.append(headers)
+            fault = self._draw(shape, schema)
+            self._counts[fault or "ok"] += 1
+            rng = random.Random(self._rng.random())  # per-request stream, fixed by arrival order
+        build = SchemaInstance(rng, self.titles)
+        if self.latency:
+            time.sleep(self.latency)
+        if fault == "429":
+            return _error(429, "rate limited (fake)", {"Retry-After": f"{self.retry_after:g}"})
+        if fault == "429_bare":
+            return _error(429, "rate limited (fake), no Retry-After")
+        if fault == "500":
+            return _error(500, "internal server error (fake)")
+        if fault == "bad_body":
+            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return 200, {"Content-Type": "application/json"}, page
+        if fault == "timeout":
+            time.sleep(self.timeout_sleep)
+        finish = "stop"
+        if fault == "bad_json":
+            text = NOT_JSON
+        elif fault == "empty":
+            text = ""
+        elif schema is None and shape != "json_object":
+            text = "Try a calm puzzle game next, then switch genre."
+            if fault == "long":
+                text = (text + " ") * (LONG_CHARS // len(text))
+        else:
+            value = self._structured(build, schema, fault)
+            text = json.dumps(value, ensure_ascii=False)
+            if fault == "long":
+                text = json.dumps(_pad_strings(value, LONG_CHARS), ensure_ascii=False)
+                text += " " * max(0, LONG_CHARS - len(text))  # long even with no string fields
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if shape == "tools" and fault != "empty":
+            call = {"id": "call_fake", "type": "function"}
+            call["function"] = {"name": tool, "arguments": text}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
+        usage = {
+            "prompt_tokens": prompt_chars // 4 + 1,
+            "completion_tokens": len(text) // 4 + 1,
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        payload = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage,
+        }
+        return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+    def _structured(self, build: SchemaInstance, schema: dict | None, fault: str | None) -> Any:
+        if schema is None:  # json_object without a schema: any object is an answer
+            return {"answer": build.valid({"type": "string"})}
+        if fault in SCHEMA_FAULTS:
+            return build.broken(fault, schema)
+        value = build.valid(schema)
+        if isinstance(value, dict):
+            value.update({k: copy.deepcopy(v) for k, v in self.force.items() if k in value})
+        return value
+
+    def embed(self, body: dict[str, Any]) -> tuple[int, dict, bytes]:
+        """Answer /v1/embeddings with deterministic unit vectors (no faults)."""
+        inputs = body.get("input", [])
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        data = []
+        for i, text in enumerate(inputs):
+            rng = random.Random(str(text))
+            vec = [rng.gauss(0, 1) for _ in range(int(body.get("dimensions") or 32))]
+            norm = sum(v * v for v in vec) ** 0.5 or 1.0
+            data.append({"object": "embedding", "index": i, "embedding": [v / norm for v in vec]})
+        payload = {"object": "list", "data": data, "model": body.get("model", "fake")}
+        payload["usage"] = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
+        return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None):
+    payload = {"error": {"message": message, "type": "fake_error", "code": str(status)}}
+    return (
+        status,
+        {"Content-Type": "application/json", **(headers or {})},
+        json.dumps(payload).encode(),
+    )
+
+
+def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
+            try:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (its timeout): nothing to answer
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/").endswith("/stats"):
+                data = json.dumps(fake.stats()).encode()
+                self._send(200, {"Content-Type": "application/json"}, data)
+            elif self.path.rstrip("/").endswith("/models"):
+                models = {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+                self._send(200, {"Content-Type": "application/json"}, json.dumps(models).encode())
+            else:
+                self._send(*_error(404, f"no route {self.path}"))
+
+        def do_POST(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (ValueError, OSError) as exc:
+                self._send(*_error(400, f"request body is not JSON: {exc}"))
+                return
+            if self.path.rstrip("/").endswith("/chat/completions"):
+                self._send(*fake.answer(body, dict(self.headers.items())))
+            elif self.path.rstrip("/").endswith("/embeddings"):
+                self._send(*fake.embed(body))
+            else:
+                self._send(*_error(404, f"no route {self.path}"))
+
+        def log_message(self, *args: Any) -> None:
+            pass  # quiet: tests read stats(), not access logs
+
+    return Handler
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until interrupted (or for --serve-seconds), printing the URL and final stats."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to answers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retry-after", type=float, default=0.05)
+    parser.add_argument("--timeout-sleep", type=float, default=2.0)
+    parser.add_argument("--titles-file", help="one catalogue title per line, for title fields")
+    parser.add_argument("--serve-seconds", type=float, default=0.0, help="stop after (0: never)")
+    args = parser.parse_args(argv)
+    titles: list[str] = []
+    if args.titles_file:
+        with open(args.titles_file, encoding="utf-8") as fh:
+            titles = [line.strip() for line in fh if line.strip()]
+    fake = FakeOpenAI(
+        port=args.port,
+        fault_rate=args.fault_rate,
+        faults=[f for f in args.faults.split(",") if f],
+        latency=args.latency,
+        seed=args.seed,
+        titles=titles,
+        retry_after=args.retry_after,
+        timeout_sleep=args.timeout_sleep,
+    )
+    with fake:
+        print(f"fake OpenAI endpoint: {fake.url}", flush=True)
+        try:
+            if args.serve_seconds > 0:
+                time.sleep(args.serve_seconds)
+            else:
+                threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        print(json.dumps(fake.stats()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

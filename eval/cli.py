@@ -1,133 +1,387 @@
-"""The `billp` command line: build and inspect environments, run experiments, render reports."""
+"""The `billp` command line: build and inspect environments, run experiments, render reports.
+
+`billp run` / `billp compare` run the protocol of `eval.protocol` into a run directory (`--out`);
+re-running the same command after a crash or Ctrl-C resumes it. `billp report` redraws the table
+and plots from what is saved, `billp export` writes the steps as training data, and `billp demo`
+is the main job: BiLLP with the embedded local model against the reference policies.
+Errors (bad options, unknown specs, missing data, LLM configuration) print one line and exit 2;
+`--debug` (or BILLP_DEBUG=1) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from simulator.build import EnvBundle, EnvConfig, build_env
+from eval.cli_env import (
+    DataDirOpt,
+    DatasetOpt,
+    build_with_progress,
+    console,
+    debug_enabled,
+    env_app,
+    fail,
+    out,
+    print_card,
+)
+from simulator.build import EnvConfig
 from simulator.paths import default_dataset
 from simulator.types import DataError
 
-app = typer.Typer(help="BiLLP: LLM planners for long-term recommendation.", no_args_is_help=True)
-env_app = typer.Typer(help="Build and inspect simulator environments.", no_args_is_help=True)
-app.add_typer(env_app, name="env")
-console = Console(stderr=True)
-out = Console()
+__all__ = ["app", "fail", "main", "print_card"]
 
-DatasetOpt = Annotated[
-    str | None,
+app = typer.Typer(help="BiLLP: LLM planners for long-term recommendation.", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+
+DEMO_METHODS = ["billp", "random", "popularity", "itemcf", "oracle"]
+
+LLMOpt = Annotated[
+    str,
     typer.Option(
-        "--dataset", "-d", help="steam, amazon, csv or synthetic (default: steam if data)"
+        "--llm", help="local, local:/path.gguf, openai:MODEL, or scripted (a test double)"
     ),
 ]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Raw data folder (default: $BILLP_DATA)")
+EmbOpt = Annotated[str, typer.Option("--embeddings", help="minilm, hashing or openai:MODEL")]
+TrainOpt = Annotated[int, typer.Option("--train-users", help="Training users per seed")]
+TestOpt = Annotated[int, typer.Option("--test-users", help="Held-out test users per seed")]
+SeedsOpt = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2")]
+ConcOpt = Annotated[int, typer.Option("--concurrency", "-k", help="Episodes in flight at once")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run directory (re-use it to resume)")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Split, training and evaluation seed")]
+ContinualOpt = Annotated[
+    bool, typer.Option("--continual", help="Keep learning during the test phase (default frozen)")
+]
+GroundOpt = Annotated[str, typer.Option("--grounding", help="free (title) or shortlist (1 of K)")]
+CriticOpt = Annotated[str, typer.Option("--critic", help="llm or learned (a small value net)")]
+MaxStepsOpt = Annotated[int, typer.Option("--max-steps", help="Recommendations per episode, max")]
+TempOpt = Annotated[
+    float, typer.Option("--temperature", help="LLM temperature (0: reproducible; paper: 0.5)")
+]
+BatchOpt = Annotated[
+    int, typer.Option("--train-batch", help="Learning batch size (memories update after each)")
+]
+CacheOpt = Annotated[
+    bool | None,
+    typer.Option("--cache/--no-cache", help="Cache LLM answers (default: on at temperature 0)"),
+]
+CacheDirOpt = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Share the LLM cache (default: the run dir)")
+]
+RetriesOpt = Annotated[int, typer.Option("--retries", help="Retries of an episode that raised")]
+RLStepsOpt = Annotated[int, typer.Option("--rl-steps", help="Training env steps of RL baselines")]
+EnvSeedOpt = Annotated[int, typer.Option("--env-seed", help="Seed of the environment build")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line")]
+PauseOpt = Annotated[float, typer.Option("--step-pause", hidden=True)]  # tests: kill mid-episode
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print one clear error line and exit; tracebacks only with BILLP_DEBUG=1."""
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+def _set_debug(debug: bool) -> None:
+    if debug:
+        os.environ["BILLP_DEBUG"] = "1"
 
 
-def _build_with_progress(config: EnvConfig, data_dir: Path | None, rebuild: bool) -> EnvBundle:
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"building {config.dataset}", total=1.0)
-
-        def progress(message: str, fraction: float) -> None:
-            bar.update(task, description=message, completed=fraction)
-
-        try:
-            return build_env(config, data_dir, rebuild=rebuild, progress=progress)
-        except DataError as err:
-            fail(str(err))
-    raise AssertionError("unreachable")
+@app.callback()
+def _options(debug: DebugOpt = False) -> None:
+    """BiLLP: LLM planners for long-term recommendation."""
+    _set_debug(debug)
 
 
-def print_card(card: dict) -> None:
-    """Render an environment card as two rich tables."""
-    um = card["user_model"]
-    summary = Table(title=f"Environment card: {card['dataset']}", show_header=False)
-    rows = [
-        ("users / items", f"{card['n_users']:,} / {card['n_items']:,}"),
-        ("interactions (negatives)", f"{card['n_interactions']:,} ({card['n_negatives']:,})"),
-        ("train / test users", f"{card['n_train_users']:,} / {card['n_test_users']:,}"),
-        ("user model", f"{um['kind']}: AUC {um['auc']:.3f}, HR@10 {um['hr_at_10']:.3f}"),
-        ("train model", f"AUC {card['train_user_model']['auc']:.3f}"),
-        ("tau", f"{card['tau']:.4f} (p{card['tau_percentile']:g} of item distances)"),
-        ("window / max steps", f"{card['window']} / {card['max_steps']}"),
-        ("ratings of held-out positives", _hist(card["rating_hist"]["positives"])),
-        ("ratings of random items", _hist(card["rating_hist"]["random"])),
-    ]
-    for name, value in rows:
-        summary.add_row(name, value)
-    out.print(summary)
-    table = Table(title="Reference policies on test users (mean per episode)")
-    for col in ("policy", "Len", "R_each", "R_traj"):
-        table.add_column(col, justify="right" if col != "policy" else "left")
-    for name, m in card["policies"].items():
-        label = f"{name} (ceiling)" if name == "oracle" else name
-        table.add_row(label, f"{m['len']:.2f}", f"{m['r_each']:.3f}", f"{m['r_traj']:.2f}")
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from memory.vector import MemoryCorruptError
+    from nodes.llms import LLMError
+
+    return (ValueError, DataError, LLMError, OSError, MemoryCorruptError)
+
+
+@contextmanager
+def friendly_errors(run_dir: Path | None = None) -> Iterator[None]:
+    """Turn expected errors into one line + exit 2, and Ctrl-C into a resume hint + exit 130."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        where = f" in {run_dir}" if run_dir else ""
+        console.print(
+            f"[yellow]interrupted[/]: finished episodes are saved{where}; "
+            "run the same command again to resume"
+        )
+        raise typer.Exit(130) from None
+    except _expected_errors() as err:
+        if debug_enabled():
+            raise
+        fail(" ".join(str(err).split()) or type(err).__name__)
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """Split a comma-separated option, refusing an empty one."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{what} is empty")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse --seeds 0,1,2."""
+    try:
+        return [int(s) for s in parse_list(text, "--seeds")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """Print the results table."""
+    from eval.report import table_rows
+
+    rows = table_rows(results)
+    keep = ["method", "Len", "R_each", "R_traj", "% oracle", "LLM calls/ep", "s/ep"]
+    if any(r[-1] != "0" for r in rows[1:]):
+        keep.append("failed")
+    index = [rows[0].index(k) for k in keep]
+    rows = [[r[i] for i in index] for r in rows]
+    for row in rows[1:]:
+        if results["methods"][row[0]]["kind"] == "ceiling":
+            row[0] += " (ceiling)"
+    c = results["config"]
+    title = (
+        f"{c['dataset']}: {c['test_users']} test users x {len(c['seeds'])} seed(s), "
+        f"test memories {c['learning']}"
+    )
+    table = Table(title=title)
+    for i, col in enumerate(rows[0]):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in rows[1:]:
+        table.add_row(*row)
     out.print(table)
+    backend = results["backend"].replace("**", "").replace("`", "")
+    out.print(f"LLM backend: {backend}", highlight=False)
 
 
-def _hist(hist: dict) -> str:
-    total = sum(hist.values()) or 1
-    return "  ".join(f"{k}:{100 * v / total:.0f}%" for k, v in sorted(hist.items()))
+def experiment(
+    methods: list[str], out_dir: Path | None, *, step_pause: float = 0.0, **opts: Any
+) -> None:
+    """Build the environment, run (or resume) the experiment, render and print the results."""
+    from eval.experiment import Experiment
+    from eval.protocol import RunConfig
+    from eval.report import render
+
+    dataset = opts.pop("dataset") or default_dataset()
+    data_dir = opts.pop("data_dir")
+    config = RunConfig(
+        methods=methods,
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        seeds=parse_seeds(opts.pop("seeds")),
+        cache_dir=str(opts.pop("cache_dir")) if opts.get("cache_dir") else None,
+        **{k: v for k, v in opts.items() if k != "cache_dir"},
+    ).validate()
+    run_dir = out_dir or Path("runs") / f"{dataset}-{'-'.join(methods)}"[:120]
+    with friendly_errors(run_dir):
+        build_with_progress(EnvConfig(dataset=dataset, seed=config.env_seed), data_dir, False)
+        columns = (
+            TextColumn("{task.description:>12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(method: str, done: int, total: int | None) -> None:
+                if method not in tasks:
+                    reference = method == "oracle" and method not in methods
+                    label = f"{method} (ref)" if reference else method
+                    tasks[method] = bar.add_task(label, total=total, completed=done)
+                else:
+                    bar.update(tasks[method], completed=done)
+
+            timings = Experiment(config, run_dir, progress=progress, step_pause=step_pause).run()
+        results, files = render(run_dir)
+    print_results(results)
+    spent = ", ".join(f"{m} {s:.1f}s" for m, s in timings.items())
+    console.print(f"wall time this run: {spent}")
+    failed = sum(m["failed_episodes"] for m in results["methods"].values())
+    if failed:
+        console.print(f"[yellow]warning[/]: {failed} episode(s) failed; see results.csv")
+    console.print(f"results in {run_dir}: " + ", ".join(p.name for p in files))
 
 
-@env_app.command("build")
-def env_build(
+@app.command()
+def run(
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            "-m",
+            help="billp, reflexion, react, actonly, random, popularity, itemcf, oracle, a2c, "
+            "dqn or ppo",
+        ),
+    ],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    seed: SeedOpt = 0,
-    rebuild: Annotated[bool, typer.Option(help="Ignore the cache")] = False,
+    llm: LLMOpt = "local",
+    embeddings: EmbOpt = "minilm",
+    train_users: TrainOpt = 10,
+    test_users: TestOpt = 10,
+    seeds: SeedsOpt = "0",
+    concurrency: ConcOpt = 4,
+    out_dir: OutOpt = None,
+    continual: ContinualOpt = False,
+    grounding: GroundOpt = "free",
+    critic: CriticOpt = "llm",
+    max_steps: MaxStepsOpt = 50,
+    temperature: TempOpt = 0.0,
+    train_batch: BatchOpt = 10,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    retries: RetriesOpt = 2,
+    rl_steps: RLStepsOpt = 100_000,
+    env_seed: EnvSeedOpt = 0,
+    debug: DebugOpt = False,
+    step_pause: PauseOpt = 0.0,
 ) -> None:
-    """Build (or load from cache) a dataset's train and test environments."""
-    config = EnvConfig(dataset=dataset or default_dataset(), seed=seed)
-    bundle = _build_with_progress(config, data_dir, rebuild)
-    console.print(f"environment ready: {bundle.path}")
-    print_card(bundle.card)
+    """Run one method: train (if it learns), then test on held-out users, per seed."""
+    _set_debug(debug)
+    opts = {
+        k: v for k, v in locals().items() if k not in ("method", "out_dir", "debug", "step_pause")
+    }
+    with friendly_errors(out_dir):
+        experiment([method.strip()], out_dir, step_pause=step_pause, **opts)
 
 
-@env_app.command("info")
-def env_info(
+@app.command()
+def compare(
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods", help="Comma-separated methods, e.g. random,itemcf,oracle,react,billp"
+        ),
+    ],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    seed: SeedOpt = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON")] = False,
+    llm: LLMOpt = "local",
+    embeddings: EmbOpt = "minilm",
+    train_users: TrainOpt = 10,
+    test_users: TestOpt = 10,
+    seeds: SeedsOpt = "0",
+    concurrency: ConcOpt = 4,
+    out_dir: OutOpt = None,
+    continual: ContinualOpt = False,
+    grounding: GroundOpt = "free",
+    critic: CriticOpt = "llm",
+    max_steps: MaxStepsOpt = 50,
+    temperature: TempOpt = 0.0,
+    train_batch: BatchOpt = 10,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    retries: RetriesOpt = 2,
+    rl_steps: RLStepsOpt = 100_000,
+    env_seed: EnvSeedOpt = 0,
+    debug: DebugOpt = False,
+    step_pause: PauseOpt = 0.0,
 ) -> None:
-    """Print a dataset's environment card (building it first if needed)."""
-    config = EnvConfig(dataset=dataset or default_dataset(), seed=seed)
-    bundle = _build_with_progress(config, data_dir, rebuild=False)
-    if as_json:
-        out.print_json(json.dumps(bundle.card))
-    else:
-        print_card(bundle.card)
+    """Run several methods on the same users and seeds: one table, one set of plots."""
+    _set_debug(debug)
+    opts = {
+        k: v for k, v in locals().items() if k not in ("methods", "out_dir", "debug", "step_pause")
+    }
+    with friendly_errors(out_dir):
+        experiment(parse_list(methods, "--methods"), out_dir, step_pause=step_pause, **opts)
+
+
+RunOpt = Annotated[Path, typer.Option("--run", help="A run directory (the --out of run/compare)")]
+
+
+@app.command()
+def report(run_dir: RunOpt, debug: DebugOpt = False) -> None:
+    """Re-render the table and plots of a run from its saved episodes."""
+    from eval.report import render
+
+    _set_debug(debug)
+    with friendly_errors():
+        results, files = render(run_dir)
+    print_results(results)
+    console.print(f"written: {', '.join(str(p) for p in files)}")
+
+
+@app.command()
+def export(
+    run_dir: RunOpt,
+    fmt: Annotated[str, typer.Option("--format", help="Output format: jsonl")] = "jsonl",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="File to write (default: RUN/steps_export.jsonl)"),
+    ] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="Only these methods")] = None,
+    phase: Annotated[str, typer.Option("--phase", help="train, test or all")] = "all",
+    debug: DebugOpt = False,
+) -> None:
+    """Write one record per step (context, thought, action, item, reward, value, advantage)."""
+    from eval.export import export_steps
+
+    _set_debug(debug)
+    with friendly_errors():
+        if phase not in ("train", "test", "all"):
+            raise ValueError(f"--phase is train, test or all, got {phase!r}")
+        phases = ("train", "test") if phase == "all" else (phase,)
+        chosen = parse_list(methods, "--methods") if methods else None
+        path, count = export_steps(run_dir, output, fmt=fmt, methods=chosen, phases=phases)
+    console.print(f"{count} steps written to {path}")
 
 
 @app.command()
 def demo(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
+    llm: LLMOpt = "local",
+    embeddings: EmbOpt = "minilm",
+    train_users: TrainOpt = 5,
+    test_users: TestOpt = 5,
+    max_steps: MaxStepsOpt = 10,
+    out_dir: OutOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
-    """Run the main job on the default dataset and print its table."""
-    config = EnvConfig(dataset=dataset or default_dataset())
-    bundle = _build_with_progress(config, data_dir, rebuild=False)
-    print_card(bundle.card)
-    console.print(f"artifacts: {bundle.path}")
+    """Train then test BiLLP with the embedded local model; compare with the reference policies."""
+    _set_debug(debug)
+    name = dataset or default_dataset()
+    console.print(
+        f"[bold]BiLLP demo[/] on {name}: BiLLP ({llm}) learns from {train_users} training users, "
+        f"then meets {test_users} held-out users with frozen memories (at most {max_steps} "
+        f"recommendations each); random, popularity, itemcf and the oracle ceiling play the "
+        "same users."
+    )
+    with friendly_errors(out_dir):
+        experiment(
+            DEMO_METHODS,
+            out_dir or Path("runs") / f"demo-{name}",
+            dataset=name,
+            data_dir=data_dir,
+            llm=llm,
+            embeddings=embeddings,
+            train_users=train_users,
+            test_users=test_users,
+            seeds="0",
+            concurrency=2,
+            max_steps=max_steps,
+        )
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from simulator.build import LEARNER_TAU_MARGIN, EnvBundle
+from simulator.build import LEARNER_TAU_MARGIN, EnvBundle, distance_vectors
 from simulator.policies import item_neighbors
 
 MAX_SHARE_PER_GENRE = 1 / 3  # of the shortlist, for its leading genre
@@ -29,8 +29,11 @@ class CandidateGenerator:
             bundle.train_interactions, n_items, n_neighbors
         )
         self.prior = 1e-6 * counts / counts.max().clamp_min(1.0)
-        with torch.inference_mode():
-            self.vectors = bundle.train_model.item_vectors().detach().clone()
+        # numpy twins for the per-step work: a few thousand scalar ops, which torch would hand to
+        # its intra-op thread pool (milliseconds to wake on a busy machine) for no gain
+        self._nbr_idx_np, self._nbr_sim_np = self.nbr_idx.numpy(), self.nbr_sim.numpy()
+        self._prior_np = self.prior.numpy()
+        self.vectors = distance_vectors(bundle.train_model)
         self._vectors_np = np.ascontiguousarray(self.vectors.numpy(), dtype=np.float32)
         self.tau = bundle.train_tau * LEARNER_TAU_MARGIN
         self.window = bundle.config.window
@@ -38,17 +41,18 @@ class CandidateGenerator:
 
     def scores(self, history: Sequence[int], recommended: Sequence[int]) -> torch.Tensor:
         """Return each item's co-occurrence score with the history and this episode's items."""
-        scores = self.prior.clone()
-        seeds = torch.as_tensor([*history, *recommended], dtype=torch.long)
-        if seeds.numel():
-            scores.index_add_(0, self.nbr_idx[seeds].reshape(-1), self.nbr_sim[seeds].reshape(-1))
-        return scores
+        scores = self._prior_np.copy()
+        seeds = np.asarray([*history, *recommended], dtype=np.int64)
+        if seeds.size:
+            # unbuffered and in index order, like torch's index_add_: the same float32 sums
+            np.add.at(scores, self._nbr_idx_np[seeds].reshape(-1), self._nbr_sim_np[seeds].ravel())
+        return torch.from_numpy(scores)
 
     def distance_to(self, items: Sequence[int]) -> np.ndarray:
         """Return each item's Euclidean distance to the nearest of `items` (a few recent ones).
 
         One row at a time in numpy, as the quit rule measures it: a single small pass per step,
-        where `torch.cdist` spent 30-150 ms waking its thread pool on a busy 2-core machine.
+        where `torch.cdist` spent 30-150 ms in its thread pool on a busy 2-core machine.
         """
         vectors = self._vectors_np
         best = np.full(len(vectors), np.inf, dtype=np.float32)

@@ -21,6 +21,7 @@ in seconds (0.5), and BILLP_LLM_TIMEOUT, the `openai:` request timeout in second
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -410,11 +411,24 @@ def make_chat_model(
         float(temperature),
         seed,
         tuple(sorted((k, repr(v)) for k, v in kwargs.items())),
+        _environment_key(kind),
     )
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = _build(kind, arg, temperature, seed, kwargs)
         return _CACHE[key]
+
+
+def _environment_key(kind: str) -> tuple[str, ...]:
+    """Return what the environment contributes to a client, so changing it builds a new one.
+
+    The key is hashed: a cache key must never hold the API key itself.
+    """
+    if kind != "openai":
+        return ()
+    names = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY", ENV_TIMEOUT)
+    raw = "\0".join(os.environ.get(n, "") for n in names)
+    return (hashlib.sha256(raw.encode()).hexdigest(),)
 
 
 def _build(

@@ -8,6 +8,7 @@ break out of its line or change the answer schema.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Literal
@@ -28,7 +29,7 @@ class Plan(BaseModel):
 class TitleChoice(BaseModel):
     """The actor's recommendation in free mode: a catalogue title."""
 
-    title: str = Field(max_length=200, description="The exact title of one catalogue item.")
+    title: str = Field(max_length=300, description="The exact title of one catalogue item.")
 
 
 class Value(BaseModel):
@@ -48,10 +49,12 @@ class Reflection(BaseModel):
     )
 
 
+@functools.lru_cache(maxsize=128)
 def shortlist_schema(k: int) -> type[BaseModel]:
     """Return an answer schema whose `choice` is an enum over candidate numbers 1..k.
 
     The enum is what lets constrained decoding (llama.cpp JSON schema) never pick a non-candidate.
+    Built once per k: creating a pydantic model costs milliseconds, and every step asks.
     """
     choices = Literal[tuple(range(1, k + 1))]  # type: ignore[valid-type]
     return create_model(

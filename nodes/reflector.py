@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -43,7 +44,8 @@ async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, A
         text = fallback_reflection(reason, sum(1 for s in steps if s["accepted"]))
     if ctx.learn:
         await res.memories.macro.aadd(text, history_text(res, state), {"user": state["user_id"]})
-        res.memories.save()
+        # fsyncs of every memory file: off the event loop, so concurrent episodes keep stepping
+        await asyncio.to_thread(res.memories.save)
     return {
         "reflection": text,
         "usage": {"reflector": result.usage.to_dict()},

@@ -8,6 +8,8 @@ episodes share one loaded model and one set of memories.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +24,7 @@ from nodes.candidates import CandidateGenerator
 from nodes.grounding import TitleIndex
 from nodes.llms import make_chat_model
 from nodes.value_net import LearnedCritic
-from simulator.build import EnvBundle, EnvConfig, build_env
+from simulator.build import EnvBundle, EnvConfig, build_env, distance_vectors
 from simulator.paths import cache_dir
 
 _lock = threading.RLock()
@@ -41,6 +43,69 @@ def clear_cache() -> None:
     """Forget every cached object (tests use it to simulate a fresh process)."""
     with _lock:
         _cache.clear()
+
+
+class MemoEmbeddings:
+    """Remember the latest texts' embeddings, so a step embeds its state once, not four times.
+
+    The actor's hint, the critic's two records and the next step's hint all key memories by the
+    same few state texts; with MiniLM or an API each repeat costs a model call, with any backend a
+    worker-thread hop. Embeddings are deterministic per text, so answers are unchanged.
+    """
+
+    def __init__(self, inner: Embeddings, size: int = 1024) -> None:
+        self.inner = inner
+        self.spec = inner.spec
+        self.size = size
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        """Return the vector size of the wrapped embeddings."""
+        return self.inner.dim
+
+    def _lookup(self, texts: list[str]) -> list[np.ndarray | None]:
+        with self._lock:
+            rows = [self._rows.get(t) for t in texts]
+            for text, row in zip(texts, rows, strict=True):
+                if row is not None:
+                    self._rows.move_to_end(text)
+            return rows
+
+    def _fill(self, texts: list[str], rows: list[np.ndarray | None], new: np.ndarray) -> np.ndarray:
+        fresh = iter(np.asarray(new, dtype=np.float32))
+        out = [row if row is not None else next(fresh) for row in rows]
+        with self._lock:
+            for text, row in zip(texts, out, strict=True):
+                self._rows[text] = row
+                self._rows.move_to_end(text)
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+        return np.stack(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts as float32 [n, dim] unit rows, computing only those not remembered."""
+        if isinstance(texts, str):
+            return self.inner.embed(texts)  # let the backend raise its own error
+        texts = list(texts)
+        rows = self._lookup(texts)
+        missing = [t for t, r in zip(texts, rows, strict=True) if r is None]
+        return self._fill(texts, rows, self.inner.embed(missing) if missing else [])
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed without blocking the event loop; remembered texts return at once."""
+        if isinstance(texts, str):
+            return await self.inner.aembed(texts)
+        texts = list(texts)
+        rows = self._lookup(texts)
+        missing = [t for t, r in zip(texts, rows, strict=True) if r is None]
+        return self._fill(texts, rows, await self.inner.aembed(missing) if missing else [])
+
+
+def embeddings_of(spec: str) -> MemoEmbeddings:
+    """Return the process-wide embeddings of a spec, with the memo of recent texts."""
+    return _once(("embeddings", spec), lambda: MemoEmbeddings(make_embeddings(spec)))
 
 
 @dataclass
@@ -88,13 +153,14 @@ class Resources:
     llm: Any
     candidates: CandidateGenerator
     _ratings: dict[int, torch.Tensor] = field(default_factory=dict)
+    texts: dict[tuple, str] = field(default_factory=dict, repr=False)
+    """Rendered prompt blocks by what they show (`nodes.views`); a history renders once."""
 
     @cached_property
     def item_vectors(self) -> np.ndarray:
         """Return the split model's item vectors: they define item distance in the quit rule."""
         model = self.bundle.gt_model if self.split == "test" else self.bundle.train_model
-        with torch.inference_mode():
-            return model.item_vectors().detach().numpy().copy()
+        return distance_vectors(model).numpy()
 
     @property
     def tau(self) -> float:
@@ -147,7 +213,7 @@ def memories(ctx: Any) -> Memories:
     path = memory_path(ctx)
 
     def make() -> Memories:
-        emb = make_embeddings(ctx.embeddings)
+        emb = embeddings_of(ctx.embeddings)
         return Memories(
             macro=MacroMemory(emb, path / "macro"),
             actor=ActorMemory(emb, path / "actor", near=ctx.actor_near, band=tuple(ctx.actor_band)),
@@ -163,11 +229,11 @@ def catalogue(ctx: Any, bundle: EnvBundle) -> Catalogue:
     """Return the catalogue with title embeddings (cached on disk per dataset and spec)."""
 
     def make() -> Catalogue:
-        emb = make_embeddings(ctx.embeddings)
+        emb = embeddings_of(ctx.embeddings)
         titles = bundle.dataset.titles()
         base = bundle.path or cache_dir() / "envs" / ctx.dataset
         spec = emb.spec.replace(":", "_").replace("/", "_")
-        vectors = cached_embed(emb, titles, Path(base) / f"titles-{spec}.npy")
+        vectors = cached_embed(emb.inner, titles, Path(base) / f"titles-{spec}.npy")
         genres = [list(g) for g in bundle.dataset.items["genres"]]
         return Catalogue(titles, genres, TitleIndex(titles, np.asarray(vectors)), emb)
 
@@ -185,6 +251,27 @@ def llm_spec(spec: str) -> str:
 
 def get_resources(ctx: Any) -> Resources:
     """Return the resources of a context, building what is missing."""
+    # Every node asks once per step: look the context's fields up directly before building keys.
+    fast = (
+        "resources-of",
+        ctx.dataset,
+        ctx.data_dir,
+        ctx.env_seed,
+        ctx.split,
+        ctx.embeddings,
+        ctx.memory_dir,
+        None if ctx.memory_dir else str(cache_dir()),
+        ctx.llm,
+        ctx.temperature,
+        ctx.seed,
+    )
+    found = _cache.get(fast)
+    if found is not None:
+        return found
+    return _once(fast, lambda: _build_resources(ctx))
+
+
+def _build_resources(ctx: Any) -> Resources:
     bundle = env_bundle(ctx)
     key = (
         "resources",

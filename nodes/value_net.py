@@ -40,6 +40,7 @@ class LearnedCritic:
         self._lock = threading.Lock()
         if self.path and (self.path / "value_net.safetensors").is_file():
             self._load()
+        self._saved = self.updates  # untrained weights are a pure function of the seed
 
     def _forward(self, vector: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(vector, dtype=np.float32)).reshape(1, -1)
@@ -63,16 +64,23 @@ class LearnedCritic:
             return float(target_t - pred.detach())
 
     def save(self) -> None:
-        """Write weights and the update count atomically (no-op without a path)."""
+        """Write weights and the update count atomically (no-op without a path or new updates).
+
+        Skipping an unchanged network spares every episode of the LLM critic two fsyncs; an
+        untrained one is rebuilt identically from its seed.
+        """
         if self.path is None:
             return
         with self._lock:
+            if self.updates == self._saved:
+                return
             self.path.mkdir(parents=True, exist_ok=True)
             tmp = self.path / ".value_net.tmp"
             save_file(self.net.state_dict(), str(tmp))
             atomic_write_bytes(self.path / "value_net.safetensors", tmp.read_bytes())
             tmp.unlink(missing_ok=True)
             atomic_write_json(self.path / "value_net.json", {"updates": self.updates})
+            self._saved = self.updates
 
     def _load(self) -> None:
         assert self.path is not None

@@ -17,9 +17,19 @@ from nodes.resources import Resources
 STATE_HISTORY = 10  # titles of history in a memory key (BILLP.md §3)
 
 
+TEXT_CACHE_SIZE = 4096  # rendered histories kept per Resources (one per user seen)
+
+
 def history_text(res: Resources, state: Mapping[str, Any]) -> str:
-    """Render the user's shown history with genres."""
-    return prompts.history_block([res.catalogue.describe(i) for i in state.get("history", [])])
+    """Render the user's shown history with genres (once per history; every agent shows it)."""
+    key = ("history", *state.get("history", ()))
+    text = res.texts.get(key)
+    if text is None:
+        if len(res.texts) >= TEXT_CACHE_SIZE:
+            res.texts.clear()
+        text = prompts.history_block([res.catalogue.describe(i) for i in key[1:]])
+        res.texts[key] = text
+    return text
 
 
 def episode_text(res: Resources, state: Mapping[str, Any]) -> str:

@@ -47,8 +47,22 @@ from simulator.user_model import (
 
 log = logging.getLogger(__name__)
 
+
+def distance_vectors(model: UserModel) -> torch.Tensor:
+    """Return the unit-length item vectors that define item distance in the quit rule.
+
+    Directions, not raw MF vectors: an MF item vector's norm grows with its popularity, so raw
+    Euclidean distance made popular items never "too similar" and rare items (short vectors near
+    the origin) always similar to each other. On unit vectors the distance is a cosine distance:
+    items liked by the same users are close whatever their popularity.
+    """
+    with torch.inference_mode():
+        vectors = model.item_vectors().detach().float()
+        return torch.nn.functional.normalize(vectors, dim=1).clone()
+
+
 # Bump when the build logic changes in a way that changes artifacts: old caches then rebuild.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 # Learners know only the training model's geometry, not the true tau: they keep a margin.
 LEARNER_TAU_MARGIN = 1.5
 Split = Literal["train", "test"]
@@ -67,8 +81,11 @@ class EnvConfig:
     """Share of users held out for the test environment."""
     min_split_users: int = 100
     """Each side of the split gets at least this many users (when the dataset has them)."""
-    tau_percentile: float = 5.0
-    """tau = this percentile of item-item distances: lower means fewer similarity quits."""
+    tau_percentile: float = 2.0
+    """tau = this percentile of item-item (cosine) distances: lower means fewer similarity quits.
+
+    2 keeps the rule biting (popularity, which serves look-alike blockbusters, quits at step 2)
+    while a learner that diversifies can keep users for long sessions; see BENCHMARKS.md."""
     window: int = 4
     """How many of this episode's latest recommendations the similarity rule compares against."""
     max_steps: int = 50
@@ -154,7 +171,7 @@ def _make_world(bundle: EnvBundle, split: Split) -> UserWorld:
     with torch.inference_mode():
         scores = model.score_matrix(torch.as_tensor(users, dtype=torch.long))
         ratings = calibrator(scores, integer=(split == "test"))
-        vectors = model.item_vectors().detach().clone()
+        vectors = distance_vectors(model)
     return UserWorld(
         ratings=ratings.float().contiguous(),
         item_vectors=vectors,
@@ -251,9 +268,11 @@ def _build(config: EnvConfig, data_dir: str | Path | None, progress: Progress | 
         "train", train_inter, dataset, train_users, mconf, config.seed, progress
     )
     with torch.inference_mode():
-        tau = distance_threshold(gt_model.item_vectors(), config.tau_percentile, seed=config.seed)
+        tau = distance_threshold(
+            distance_vectors(gt_model), config.tau_percentile, seed=config.seed
+        )
         train_tau = distance_threshold(
-            train_model.item_vectors(), config.tau_percentile, seed=config.seed
+            distance_vectors(train_model), config.tau_percentile, seed=config.seed
         )
     bundle = EnvBundle(
         config=config,
@@ -284,7 +303,7 @@ def reference_policies(bundle: EnvBundle, split: Split = "test") -> dict[str, An
             bundle.train_interactions,
             bundle.dataset.n_items,
             history=bundle.histories,
-            item_vectors=bundle.train_model.item_vectors().detach(),
+            item_vectors=distance_vectors(bundle.train_model),
             tau=bundle.train_tau * LEARNER_TAU_MARGIN,
         ),
         "oracle": OraclePolicy(world),
@@ -367,8 +386,16 @@ def _save(bundle: EnvBundle, path: Path) -> None:
 def load_env(path: str | Path, data_dir: str | Path | None = None) -> EnvBundle:
     """Load a built environment, verifying every artifact against the manifest's checksums."""
     path = Path(path)
-    manifest = json.loads((path / "manifest.json").read_text())
-    for rel, digest in manifest["files"].items():
+    try:
+        files = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"'files' is a {type(files).__name__}, not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path / 'manifest.json'} is unreadable or incomplete ({err!r}); "
+            "rebuild with `billp env build --rebuild`"
+        ) from err
+    for rel, digest in files.items():
         if not (path / rel).is_file() or sha256_file(path / rel) != digest:
             raise ValueError(
                 f"{path / rel} is missing or corrupt; rebuild with `billp env build --rebuild`"

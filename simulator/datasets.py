@@ -35,6 +35,10 @@ _MARKS = str.maketrans("", "", "™®©")
 _TAG = re.compile(r"<[^>]*>")
 
 
+MAX_TITLE_CHARS = 300
+"""Longer titles are refused: agents must be able to read and write an item's title."""
+
+
 def normalize_title(text: str) -> str:
     """Return `text` unescaped, without trademark marks and with single spaces; case is kept.
 
@@ -44,15 +48,16 @@ def normalize_title(text: str) -> str:
     """
     if not isinstance(text, str) or not text:
         return ""
-    for _ in range(5):  # a few passes undo double or triple escaping; more would be a bug
-        if "&" not in text:
+    # Until nothing changes, so the result is a fixed point (normalizing twice changes nothing)
+    # even for `&amp;amp;amp;...` or a mark inside an entity (`&am™p;`). Every change shortens
+    # the text (an entity is longer than what it stands for), so the loop ends.
+    while True:
+        cleaned = html.unescape(text) if "&" in text else text
+        if _MARK_CHARS.intersection(cleaned):
+            cleaned = cleaned.translate(_MARKS)
+        if cleaned == text:
             break
-        unescaped = html.unescape(text)
-        if unescaped == text:
-            break
-        text = unescaped
-    if _MARK_CHARS.intersection(text):
-        text = text.translate(_MARKS)
+        text = cleaned
     return " ".join(text.split())
 
 
@@ -376,6 +381,14 @@ def _load_csv(
         title = normalize_title(catalogue["title"].iat[pos])
         if not title:
             raise DataError("empty title", file=items_path, row=row, field="title")
+        if len(title) > MAX_TITLE_CHARS:
+            raise DataError(
+                f"title is {len(title):,} characters long; at most {MAX_TITLE_CHARS} are allowed "
+                "(a longer one cannot fit in an agent's prompt)",
+                file=items_path,
+                row=row,
+                field="title",
+            )
         titles[source] = title
         if has_genres:
             try:

@@ -206,6 +206,7 @@ class FakeOpenAI:
         retry_after: float = 0.05,
         timeout_sleep: float = 2.0,
         force: dict[str, Any] | None = None,
+        api_key: str | None = None,
         keep_requests: int = 200,
     ) -> None:
         """Configure the server; `start()` (or `with`) binds it.
@@ -215,7 +216,8 @@ class FakeOpenAI:
         `titles` are what title fields are filled with; `retry_after` is the Retry-After sent
         with `429`; `timeout_sleep` is how long `timeout` stalls (set it above the client's
         timeout); `force` sets fields by name in every structured answer (e.g. `{"value": 10**9}`
-        for a critic that always answers out of range; not counted as a fault).
+        for a critic that always answers out of range; not counted as a fault); `api_key`, when
+        set, makes every request with another bearer key fail with 401 (counted as `rejected`).
         """
         unknown = sorted(set(faults) - set(FAULTS))
         if unknown or not 0.0 <= fault_rate <= 1.0:
@@ -224,6 +226,7 @@ class FakeOpenAI:
         self.fault_rate, self.faults, self.latency = fault_rate, tuple(faults), latency
         self.titles, self.retry_after, self.timeout_sleep = list(titles), retry_after, timeout_sleep
         self.force = dict(force or {})
+        self.api_key = api_key
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -265,12 +268,13 @@ class FakeOpenAI:
     # ---- accounting
 
     def stats(self) -> dict[str, Any]:
-        """Return {"requests", "ok", "faults": total, "by_fault": {name: count}}."""
+        """Return {"requests", "ok", "rejected", "faults": total, "by_fault": {name: count}}."""
         with self._lock:
             by_fault = {k: v for k, v in self._counts.items() if k in FAULTS}
             return {
                 "requests": self._counts["requests"],
                 "ok": self._counts["ok"],
+                "rejected": self._counts["rejected"],
                 "faults": sum(by_fault.values()),
                 "by_fault": dict(sorted(by_fault.items())),
             }
@@ -298,8 +302,16 @@ class FakeOpenAI:
         return self._rng.choice(usable)
 
     def answer(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, bytes]:
-        """Return (status, headers, body bytes) for one chat-completion request."""
+        """Return (status, headers, body bytes) for one request (`headers` keys lowercase)."""
         shape, schema, tool = request_schema(body)
+        sent = headers.get("authorization", "")
+        if self.api_key is not None and sent != f"Bearer {self.api_key}":
+            with self._lock:
+                self._counts["requests"] += 1
+                self._counts["rejected"] += 1
+            shown = sent.removeprefix("Bearer ")
+            masked = f"{shown[:3]}...{shown[-2:]}" if len(shown) > 8 else "***"
+            return _error(401, f"Incorrect API key provided: {masked} (fake)")
         with self._lock:
             self._counts["requests"] += 1
             self.requests.append(body)
@@ -424,7 +436,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self._send(*_error(400, f"request body is not JSON: {exc}"))
                 return
             if self.path.rstrip("/").endswith("/chat/completions"):
-                self._send(*fake.answer(body, dict(self.headers.items())))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                self._send(*fake.answer(body, headers))
             elif self.path.rstrip("/").endswith("/embeddings"):
                 self._send(*fake.embed(body))
             else:

@@ -16,8 +16,9 @@ from simulator.build import EnvBundle, EnvConfig, build_env
 from simulator.env import QUIT_REASONS, BatchedRecEnv, RecEnv
 from simulator.policies import Policy, evaluate_policy, summarize
 
-# Smoke budget: A2C at this many steps reaches ~3x random's R_traj on the synthetic test users
-# (seeds 0-2 measured); training takes ~5-10 s on a shared 2-core machine.
+# Smoke budget: A2C at 5k steps beats random's R_traj on the synthetic test users at every seed
+# measured (seeds 0-4: 1.4x-4.3x; seed 0, used here and deterministic: 27.9 vs 7.7); training
+# takes ~5-10 s on a shared 2-core machine.
 SMOKE_STEPS = 5_000
 TINY_STEPS = 256  # enough to build, step and save every algorithm; learns nothing
 
@@ -97,7 +98,7 @@ def test_rl_training_beats_random_and_reports_progress(bundle: EnvBundle) -> Non
     learned = summarize(evaluate_policy(world, policy, users, seed=0))
     rand = make_policy("random", bundle, seed=0, run_dir=None)
     floor = summarize(evaluate_policy(world, rand, users, seed=0))
-    assert learned["r_traj"] > 1.5 * floor["r_traj"], (learned, floor)
+    assert learned["r_traj"] > 1.25 * floor["r_traj"], (learned, floor)
     assert calls[-1] == (SMOKE_STEPS, SMOKE_STEPS) and len(calls) > 10
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(calls))
     assert policy.train_stats["steps"] >= SMOKE_STEPS and not policy.train_stats["loaded"]

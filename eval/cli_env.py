@@ -1,0 +1,123 @@
+"""The `billp env` commands, and the console helpers every `billp` command shares."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from simulator.build import EnvBundle, EnvConfig, build_env
+from simulator.paths import default_dataset
+from simulator.types import DataError
+
+env_app = typer.Typer(help="Build and inspect simulator environments.", no_args_is_help=True)
+console = Console(stderr=True)
+out = Console()
+
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset", "-d", help="steam, amazon, csv or synthetic (default: steam if data)"
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Raw data folder (default: $BILLP_DATA)")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Split, training and evaluation seed")]
+
+
+def debug_enabled() -> bool:
+    """Whether errors should show their traceback (`--debug` or BILLP_DEBUG=1)."""
+    return os.environ.get("BILLP_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear error line and exit; tracebacks only with --debug (BILLP_DEBUG=1)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def build_with_progress(config: EnvConfig, data_dir: Path | None, rebuild: bool) -> EnvBundle:
+    """Build (or load) an environment with a progress bar; DataError becomes one clear line."""
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"building {config.dataset}", total=1.0)
+
+        def progress(message: str, fraction: float) -> None:
+            bar.update(task, description=message, completed=fraction)
+
+        try:
+            return build_env(config, data_dir, rebuild=rebuild, progress=progress)
+        except DataError as err:
+            if debug_enabled():
+                raise
+            fail(str(err))
+    raise AssertionError("unreachable")
+
+
+def print_card(card: dict) -> None:
+    """Render an environment card as two rich tables."""
+    um = card["user_model"]
+    summary = Table(title=f"Environment card: {card['dataset']}", show_header=False)
+    rows = [
+        ("users / items", f"{card['n_users']:,} / {card['n_items']:,}"),
+        ("interactions (negatives)", f"{card['n_interactions']:,} ({card['n_negatives']:,})"),
+        ("train / test users", f"{card['n_train_users']:,} / {card['n_test_users']:,}"),
+        ("user model", f"{um['kind']}: AUC {um['auc']:.3f}, HR@10 {um['hr_at_10']:.3f}"),
+        ("train model", f"AUC {card['train_user_model']['auc']:.3f}"),
+        ("tau", f"{card['tau']:.4f} (p{card['tau_percentile']:g} of item distances)"),
+        ("window / max steps", f"{card['window']} / {card['max_steps']}"),
+        ("ratings of held-out positives", _hist(card["rating_hist"]["positives"])),
+        ("ratings of random items", _hist(card["rating_hist"]["random"])),
+    ]
+    for name, value in rows:
+        summary.add_row(name, value)
+    out.print(summary)
+    table = Table(title="Reference policies on test users (mean per episode)")
+    for col in ("policy", "Len", "R_each", "R_traj"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, m in card["policies"].items():
+        label = f"{name} (ceiling)" if name == "oracle" else name
+        table.add_row(label, f"{m['len']:.2f}", f"{m['r_each']:.3f}", f"{m['r_traj']:.2f}")
+    out.print(table)
+
+
+def _hist(hist: dict) -> str:
+    total = sum(hist.values()) or 1
+    return "  ".join(f"{k}:{100 * v / total:.0f}%" for k, v in sorted(hist.items()))
+
+
+@env_app.command("build")
+def env_build(
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    rebuild: Annotated[bool, typer.Option(help="Ignore the cache")] = False,
+) -> None:
+    """Build (or load from cache) a dataset's train and test environments."""
+    config = EnvConfig(dataset=dataset or default_dataset(), seed=seed)
+    bundle = build_with_progress(config, data_dir, rebuild)
+    console.print(f"environment ready: {bundle.path}")
+    print_card(bundle.card)
+
+
+@env_app.command("info")
+def env_info(
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON")] = False,
+) -> None:
+    """Print a dataset's environment card (building it first if needed)."""
+    config = EnvConfig(dataset=dataset or default_dataset(), seed=seed)
+    bundle = build_with_progress(config, data_dir, rebuild=False)
+    if as_json:
+        out.print_json(json.dumps(bundle.card))
+    else:
+        print_card(bundle.card)

@@ -1,0 +1,128 @@
+"""Secrets and exposure: the API key never lands in state, checkpoints, memories or logs.
+
+Also: test servers and the documented `langgraph dev` command listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+import nodes.llms as llms
+from graph import Context, build_graph
+from nodes.prompts import Plan
+from nodes.resources import clear_cache, get_resources
+from nodes.views import messages
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = f"sk-test-SECRET-{secrets.token_hex(12)}"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """A fake endpoint that accepts only SECRET, with faults so error paths run too."""
+    with FakeOpenAI(fault_rate=0.3, seed=5, api_key=SECRET, timeout_sleep=1.0) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0.01")
+        monkeypatch.setenv("BILLP_LLM_TIMEOUT", "0.5")
+        monkeypatch.setattr(llms, "_CACHE", {})
+        clear_cache()
+        yield server
+    clear_cache()
+
+
+def context(tmp_path: Path) -> Context:
+    return Context(
+        dataset="synthetic",
+        llm="openai:fake-model",
+        embeddings="hashing",
+        memory_dir=str(tmp_path / "mem"),
+        max_steps=4,
+    )
+
+
+def assert_no_secret(where: str, data: Any) -> None:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    assert SECRET not in text, f"the API key leaked into {where}"
+    assert SECRET.encode().hex() not in text, f"the API key leaked (hex) into {where}"
+
+
+def test_key_never_stored_in_state_checkpoints_memories_or_logs(tmp_path, fake, caplog):
+    caplog.set_level(logging.DEBUG)  # openai and httpx log requests at DEBUG
+    ctx = context(tmp_path)
+    db = tmp_path / "checkpoints.sqlite"
+    with SqliteSaver.from_conn_string(str(db)) as saver:
+        graph = build_graph(checkpointer=saver)
+        config = {"configurable": {"thread_id": "secret-test"}}
+        result = graph.invoke({"user_id": 1}, config=config, context=ctx)
+        blobs = [
+            saver.serde.dumps_typed(c.checkpoint)[1] + json.dumps(c.metadata, default=str).encode()
+            for c in saver.list(config)
+        ]
+        history = [repr(s.values) for s in graph.get_state_history(config)]
+    assert result["done"] and fake.stats()["faults"] > 0
+    # The key was really used: the server saw it on every request.
+    assert fake.stats()["rejected"] == 0 and fake.headers[0]["authorization"] == f"Bearer {SECRET}"
+    assert_no_secret("the final state", json.dumps(result, default=str))
+    assert_no_secret("the step records", json.dumps(result["steps"]))
+    assert_no_secret("checkpoint blobs", b"".join(blobs))
+    assert_no_secret("the state history", "".join(history))
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert_no_secret(str(path), path.read_bytes())
+    assert_no_secret("captured logs", caplog.text)
+    assert_no_secret("the serialized context", json.dumps(dataclasses.asdict(ctx)))
+    model = get_resources(ctx).llm
+    assert_no_secret("the model's repr", repr(model) + str(model))
+
+
+def test_in_memory_checkpoints_hold_no_key(tmp_path, fake):
+    saver = InMemorySaver()
+    graph = build_graph(checkpointer=saver)
+    config = {"configurable": {"thread_id": "t"}}
+    graph.invoke({"user_id": 2}, config=config, context=context(tmp_path))
+    assert saver.storage and saver.blobs
+    assert_no_secret("in-memory checkpoints", repr(saver.storage) + repr(saver.blobs))
+    assert_no_secret("in-memory writes", repr(saver.writes))
+
+
+def test_rejected_key_error_names_the_endpoint_not_the_key(tmp_path, fake, monkeypatch):
+    wrong = f"sk-test-WRONG-{secrets.token_hex(12)}"
+    monkeypatch.setenv("OPENAI_API_KEY", wrong)
+    model = llms.make_chat_model("openai:fake-model")
+    with pytest.raises(llms.LLMError) as err:
+        llms.call_structured_sync(model, messages("s", "u"), Plan)
+    text = str(err.value)
+    assert fake.url in text and "OPENAI_API_KEY" in text
+    assert wrong not in text and SECRET not in text
+
+
+def test_servers_bind_loopback_only():
+    with FakeOpenAI() as server:
+        assert server._httpd is not None and server._httpd.server_address[0] == "127.0.0.1"
+    from langgraph_cli.cli import dev
+
+    host = next(p for p in dev.params if p.name == "host")
+    assert host.default == "127.0.0.1"
+    documented = [
+        line
+        for name in ("README.md", "Makefile")
+        for line in (ROOT / name).read_text(encoding="utf-8").splitlines()
+        if re.search(r"langgraph\s+dev\b", line) and "`langgraph dev`" not in line
+    ]
+    assert documented, "README or Makefile should show how to start `langgraph dev`"
+    for line in documented:
+        hosts = re.findall(r"--host[ =](\S+)", line)
+        assert all(h in {"127.0.0.1", "localhost"} for h in hosts), line

@@ -353,13 +353,17 @@ def demo(
     data_dir: DataDirOpt = None,
     llm: LLMOpt = "local",
     embeddings: EmbOpt = "minilm",
-    train_users: TrainOpt = 5,
-    test_users: TestOpt = 5,
-    max_steps: MaxStepsOpt = 10,
+    train_users: TrainOpt = 3,
+    test_users: TestOpt = 3,
+    max_steps: MaxStepsOpt = 8,
     out_dir: OutOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Train then test BiLLP with the embedded local model; compare with the reference policies."""
+    """Train then test BiLLP with the embedded local model; compare with the reference policies.
+
+    The default budget (3 training users, 3 test users, at most 8 steps, one seed) is sized for
+    2 CPU cores: the embedded model spends ~0.3-5 s per call and BiLLP makes ~3 calls per step.
+    """
     _set_debug(debug)
     name = dataset or default_dataset()
     console.print(

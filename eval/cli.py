@@ -375,7 +375,7 @@ def demo(
     with friendly_errors(out_dir):
         experiment(
             DEMO_METHODS,
-            out_dir or Path("runs") / f"demo-{name}",
+            out_dir or Path("runs") / f"demo-{name}-{llm.replace(':', '_').replace('/', '_')}",
             dataset=name,
             data_dir=data_dir,
             llm=llm,

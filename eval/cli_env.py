@@ -30,6 +30,22 @@ DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Raw data folder (default: $BILLP_DATA)")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Split, training and evaluation seed")]
+InteractionsOpt = Annotated[
+    Path | None, typer.Option("--interactions", help="csv dataset: user,item[,rating][,timestamp]")
+]
+ItemsOpt = Annotated[Path | None, typer.Option("--items", help="csv dataset: item,title[,genres]")]
+
+
+def env_config(
+    dataset: str | None, seed: int, interactions: Path | None, items: Path | None
+) -> EnvConfig:
+    """Return the build config of the env commands (csv paths become loader options)."""
+    options = {}
+    if interactions is not None:
+        options["interactions"] = str(interactions)
+    if items is not None:
+        options["items"] = str(items)
+    return EnvConfig(dataset=dataset or default_dataset(), seed=seed, dataset_options=options)
 
 
 def debug_enabled() -> bool:
@@ -39,7 +55,8 @@ def debug_enabled() -> bool:
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear error line and exit; tracebacks only with --debug (BILLP_DEBUG=1)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: one line whatever the terminal width, so scripts can grep it.
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -99,9 +116,11 @@ def env_build(
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
     rebuild: Annotated[bool, typer.Option(help="Ignore the cache")] = False,
+    interactions: InteractionsOpt = None,
+    items: ItemsOpt = None,
 ) -> None:
     """Build (or load from cache) a dataset's train and test environments."""
-    config = EnvConfig(dataset=dataset or default_dataset(), seed=seed)
+    config = env_config(dataset, seed, interactions, items)
     bundle = build_with_progress(config, data_dir, rebuild)
     console.print(f"environment ready: {bundle.path}")
     print_card(bundle.card)
@@ -113,9 +132,11 @@ def env_info(
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON")] = False,
+    interactions: InteractionsOpt = None,
+    items: ItemsOpt = None,
 ) -> None:
     """Print a dataset's environment card (building it first if needed)."""
-    config = EnvConfig(dataset=dataset or default_dataset(), seed=seed)
+    config = env_config(dataset, seed, interactions, items)
     bundle = build_with_progress(config, data_dir, rebuild=False)
     if as_json:
         out.print_json(json.dumps(bundle.card))

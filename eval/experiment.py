@@ -97,7 +97,7 @@ class Experiment:
         bundle = self._bundle()
         self.dir.check_environment(bundle)
         c = self.config
-        if c.cache_enabled:
+        if c.cache_enabled and any(m in LLM_METHODS for m in c.methods):
             self._cache = LLMCache(Path(c.cache_dir or self.dir.path) / CACHE_FILE)
         methods = list(c.methods)
         if REFERENCE not in methods:

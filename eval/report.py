@@ -45,6 +45,8 @@ def method_kind(method: str) -> str:
 
 def backend_text(config: RunConfig) -> str:
     """Describe the LLM backend honestly (the scripted model is not an LLM)."""
+    if not any(m in LLM_METHODS for m in config.methods):
+        return "none (no LLM method in this run)"
     if config.llm == "scripted" or config.llm.startswith("scripted:"):
         return TEST_DOUBLE
     if config.llm.startswith("local"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
+
+# pydantic (the LangGraph server's schema endpoint) rejects typing.TypedDict before 3.12
+from typing_extensions import TypedDict
 
 from nodes.views import add_counts
 

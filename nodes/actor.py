@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 from memory.stores import ActorHint
 from nodes import prompts
 from nodes.llms import call_structured
-from nodes.resources import Resources, get_resources
+from nodes.resources import Resources, aget_resources
 from nodes.views import episode_text, history_text, messages, state_key, with_usage
 
 
@@ -51,7 +51,7 @@ def make_actor(use_memory: bool) -> Any:
 
 async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, Any]:
     """Choose and ground the next item (the actor node's body)."""
-    res = get_resources(ctx)
+    res = await aget_resources(ctx)
     recommended = state.get("recommended", [])
     hint = await res.memories.actor.ahint(state_key(res, state)) if use_memory else None
     shortlist = ctx.grounding == "shortlist"

@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 
 from nodes import prompts
 from nodes.llms import Usage, call_structured
-from nodes.resources import Resources, get_resources
+from nodes.resources import Resources, aget_resources
 from nodes.views import episode_text, history_text, messages, state_key, with_usage
 
 
@@ -35,7 +35,7 @@ async def _llm_value(
 async def critic(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
     """Value s', compute A for the step just taken, learn from it, and close the step record."""
     ctx = runtime.context
-    res = get_resources(ctx)
+    res = await aget_resources(ctx)
     pending = dict(state["pending"])
     steps = [*state.get("steps", []), pending]  # s' includes the step just taken
     before = {**state, "recommended": state["recommended"][:-1]}

@@ -6,7 +6,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from nodes.resources import get_resources
+from nodes.resources import aget_resources
 from nodes.views import history_text
 from simulator.rules import judge
 
@@ -17,7 +17,7 @@ def make_start(use_reflections: bool) -> Any:
     async def start(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
         """Validate the user, show their latest history, and retrieve reflections."""
         ctx = runtime.context
-        res = get_resources(ctx)
+        res = await aget_resources(ctx)
         if "user_id" not in state:
             raise ValueError('the input needs a "user_id" (a dataset user id, e.g. {"user_id": 0})')
         user = int(state["user_id"])
@@ -48,7 +48,7 @@ def make_user(closes_step: bool) -> Any:
     async def user(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
         """Show the pending item to the simulated user: rating, reward, and whether they stay."""
         ctx = runtime.context
-        res = get_resources(ctx)
+        res = await aget_resources(ctx)
         pending = dict(state["pending"])
         recommended = state.get("recommended", [])
         item = int(pending["item"])

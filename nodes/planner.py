@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from nodes import prompts
 from nodes.llms import call_structured
-from nodes.resources import get_resources
+from nodes.resources import aget_resources
 from nodes.views import episode_text, history_text, messages, with_usage
 
 FALLBACK_THOUGHT = "Recommend a well-liked item from a genre not shown in the last four steps."
@@ -16,7 +16,7 @@ FALLBACK_THOUGHT = "Recommend a well-liked item from a genre not shown in the la
 
 async def planner(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
     """Write the plan for the next recommendation; fall back to a generic plan on bad output."""
-    res = get_resources(runtime.context)
+    res = await aget_resources(runtime.context)
     user = prompts.PLANNER_USER.format(
         history=history_text(res, state),
         episode=episode_text(res, state),

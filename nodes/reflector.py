@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from nodes import prompts
 from nodes.llms import call_structured
-from nodes.resources import get_resources
+from nodes.resources import aget_resources
 from nodes.views import episode_text, history_text, messages
 
 
@@ -25,7 +25,7 @@ def fallback_reflection(reason: str | None, length: int) -> str:
 async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
     """Write a reflection on the finished episode; store it and persist memories when learning."""
     ctx = runtime.context
-    res = get_resources(ctx)
+    res = await aget_resources(ctx)
     steps = state.get("steps", [])
     reason = state.get("quit_reason")
     user = prompts.REFLECTOR_USER.format(

@@ -7,6 +7,7 @@ episodes share one loaded model and one set of memories.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -249,10 +250,9 @@ def llm_spec(spec: str) -> str:
     return spec
 
 
-def get_resources(ctx: Any) -> Resources:
-    """Return the resources of a context, building what is missing."""
-    # Every node asks once per step: look the context's fields up directly before building keys.
-    fast = (
+def _resources_key(ctx: Any) -> tuple:
+    """Return the cache key of a context's resources, straight from its fields."""
+    return (
         "resources-of",
         ctx.dataset,
         ctx.data_dir,
@@ -265,10 +265,28 @@ def get_resources(ctx: Any) -> Resources:
         ctx.temperature,
         ctx.seed,
     )
-    found = _cache.get(fast)
+
+
+def get_resources(ctx: Any) -> Resources:
+    """Return the resources of a context, building what is missing."""
+    # Every node asks once per step: a plain dict lookup before any key building or locking.
+    key = _resources_key(ctx)
+    found = _cache.get(key)
     if found is not None:
         return found
-    return _once(fast, lambda: _build_resources(ctx))
+    return _once(key, lambda: _build_resources(ctx))
+
+
+async def aget_resources(ctx: Any) -> Resources:
+    """Return the resources of a context; the first build (disk, models) runs in a thread.
+
+    Nodes call this one: a LangGraph server (`langgraph dev`) runs them on its event loop and
+    refuses blocking file I/O there.
+    """
+    found = _cache.get(_resources_key(ctx))
+    if found is not None:
+        return found
+    return await asyncio.to_thread(get_resources, ctx)
 
 
 def _build_resources(ctx: Any) -> Resources:

@@ -201,11 +201,6 @@ def test_csv_without_paths_is_one_clear_error_and_exit_2(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval/cli_env.fail prints through rich, which wraps long messages at the terminal "
-    "width (80 columns here): pass soft_wrap=True to console.print",
-)
 def test_cli_error_stays_on_one_line_in_a_narrow_terminal(tmp_path, monkeypatch):
     monkeypatch.setenv("BILLP_CACHE", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "60")

@@ -9,6 +9,7 @@ lengths are not all enforced by the grammar.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import sys
@@ -39,6 +40,20 @@ _MODELS: dict[tuple[str, int], tuple[Any, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free llama.cpp models before interpreter teardown.
+
+    Left to `Llama.__del__`, they are freed after llama_cpp's module globals are gone, which
+    prints a spurious `TypeError: 'NoneType' object is not callable` at every exit.
+    """
+    with _LOAD_LOCK:
+        for llama, lock in _MODELS.values():
+            with lock:
+                llama.close()
+        _MODELS.clear()
 
 
 def find_local_model(path: str | os.PathLike | None = None) -> Path:

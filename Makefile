@@ -39,11 +39,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Simulator benchmarks so far (issue 6 grows these into bench/results.json + BENCHMARKS.md).
 bench: install
-	$(PY) -m bench.run --full
+	for d in synthetic steam amazon; do $(PY) -m bench.env_speed --dataset $$d || exit 1; done
 
 bench-quick: install
-	$(PY) -m bench.run --quick
+	$(PY) -m bench.env_speed --dataset synthetic --seconds 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

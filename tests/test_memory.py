@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -225,21 +224,6 @@ def test_read_only_refuses_writes_and_snapshot_is_frozen(tmp_path: Path) -> None
     assert snap.get("k0") == {"i": 0} and snap.read_only
     with pytest.raises(ReadOnlyMemoryError):
         snap.upsert("k0", vecs[0], 1)
-
-
-def test_search_on_ten_thousand_entries_is_fast() -> None:
-    dim, n = 384, 10_000
-    rng = np.random.default_rng(0)
-    mem = VectorMemory(dim)
-    mem.add([str(i) for i in range(n)], _unit(rng, n, dim), [None] * n)
-    queries = _unit(rng, 200, dim)
-    mem.search(queries[0], 1)  # warm-up
-    start = time.process_time()  # CPU time: other processes on a shared machine do not count
-    for q in queries:
-        mem.search(q, 2)
-    per_query = (time.process_time() - start) / len(queries)
-    # ~1 ms of CPU on a busy 2-core machine; a per-entry Python loop would take 10 ms or more.
-    assert per_query < 5e-3, f"{per_query * 1e3:.2f} ms per query"
 
 
 # --- stores, with vectors at exactly known distances ----------------------------------------

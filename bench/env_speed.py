@@ -1,6 +1,6 @@
 """Measure the simulator: env build time, single-env steps/s and batched user-steps/s.
 
-    python -m bench.env_speed --dataset synthetic [--batch 4096] [--seconds 3]
+python -m bench.env_speed --dataset synthetic [--batch 4096] [--seconds 3]
 """
 
 from __future__ import annotations

@@ -17,6 +17,17 @@ os.environ.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
 os.environ.setdefault("LANGSMITH_TRACING", "false")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run torch single-threaded: on a shared 2-core box, tiny ops wait on busy OpenMP threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cache_root() -> Path:
     """Return the session's artifact cache."""

@@ -25,15 +25,6 @@ SMOKE_STEPS = 15_000
 TINY_STEPS = 256  # enough to build, step and save every algorithm; learns nothing
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a shared 2-core box, tiny ops wait on busy OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundle() -> EnvBundle:
     return build_env(EnvConfig())

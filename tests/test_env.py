@@ -22,15 +22,6 @@ from simulator.env import (
 N_ITEMS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a shared 2-core box, tiny ops wait on busy OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def line_world(window: int = 2, max_steps: int = 10) -> UserWorld:
     """Items on a line 10 apart, except item 5, which sits 0.5 from item 4; tau = 1.
 

@@ -21,15 +21,6 @@ from simulator.policies import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a shared 2-core box, tiny ops wait on busy OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spread_world(n_users: int, n_items: int, max_steps: int, rating: float = 5.0) -> UserWorld:
     """Every item far from every other (one-hot x 10, tau 1): only repeats and ratings matter."""
     return UserWorld(

@@ -39,12 +39,13 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Simulator benchmarks so far (issue 6 grows these into bench/results.json + BENCHMARKS.md).
+# Benchmarks (scripts, never timed tests): bench/results.json + BENCHMARKS.md, <= 60 min on 2 cores.
 bench: install
-	for d in synthetic steam amazon; do $(PY) -m bench.env_speed --dataset $$d || exit 1; done
+	$(PY) -m bench.run
 
+# Smaller sizes (~5 min) into bench/out/quick/: a check that every benchmark still runs.
 bench-quick: install
-	$(PY) -m bench.env_speed --dataset synthetic --seconds 1
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,19 +1,19 @@
 """Measure the simulator: env build time, single-env steps/s and batched user-steps/s.
 
-python -m bench.env_speed --dataset synthetic [--batch 4096] [--seconds 3]
+python -m bench.env_speed [--quick] [--out FILE]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.common import main as cli
 from simulator.build import EnvBundle, EnvConfig, build_env
+from simulator.paths import data_dir
 
 
 def build_seconds(dataset: str) -> tuple[EnvBundle, dict[str, Any]]:
@@ -74,15 +74,28 @@ def measure(dataset: str, batch: int, seconds: float) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    """Print the measurements of one dataset as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    args = parser.parse_args()
-    print(json.dumps(measure(args.dataset, args.batch, args.seconds), indent=2))
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure every dataset present (quick: synthetic only); headline numbers from the main one.
+
+    The main dataset is steam when the real data is present (else synthetic), so the top-level
+    `env_steps_per_s` / `env_batched_steps_per_s` describe the environment experiments use.
+    """
+    names = ["synthetic"] if quick else ["synthetic", *real_datasets()]
+    seconds = 1.0 if quick else 3.0
+    per = {name: measure(name, batch=4096, seconds=seconds) for name in names}
+    main_name = names[-1] if "steam" not in per else "steam"
+    return {
+        "env_steps_per_s": per[main_name]["env_steps_per_s"],
+        "env_batched_steps_per_s": per[main_name]["env_batched_steps_per_s"],
+        "env": {"headline_dataset": main_name, "datasets": per},
+    }
+
+
+def real_datasets() -> list[str]:
+    """Return the real datasets whose files are reachable (see simulator.paths.data_dir)."""
+    root = data_dir()
+    return [d for d in ("steam", "amazon") if root is not None and (root / d).is_dir()]
 
 
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from graph import VARIANTS, Context
-from nodes.views import history_text, state_key
+from nodes.lessons import learn_episode
 from simulator.files import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -307,26 +307,5 @@ def commit_memory(seed_dir: Path, memories: Any, batches: int, phase: str) -> No
 
 
 async def learn_from(res: Any, ctx: Context, record: dict[str, Any]) -> None:
-    """Write one finished episode's lessons, as the critic and reflector nodes do when learning.
-
-    Per step with an advantage: actor memory (state before the step, item) -> sign of A; critic
-    memory (state) -> r + gamma * V(s'); the learned critic takes the same TD(0) target. Then the
-    reflection goes into macro memory, keyed by the user's history.
-    """
-    memories = res.memories
-    history = record["history"]
-    steps = record["steps"]
-    items = [int(s["item"]) for s in steps]
-    for i, step in enumerate(steps):
-        if step.get("advantage") is None:
-            continue
-        key = state_key(res, {"history": history, "recommended": items[:i]})
-        target = float(step["reward"]) + ctx.gamma * float(step["value"])
-        await memories.actor.arecord(key, str(step["item"]), float(step["advantage"]))
-        await memories.critic.arecord(key, target)
-        if ctx.critic == "learned":
-            vector = (await res.catalogue.embeddings.aembed([key]))[0]
-            memories.learned_critic.update(vector, target)
-    if record.get("reflection"):
-        context = history_text(res, {"history": history})
-        await memories.macro.aadd(record["reflection"], context, {"user": int(record["user"])})
+    """Write one finished episode's lessons, exactly as the critic and reflector nodes do."""
+    await learn_episode(res, ctx.critic, ctx.gamma, record)

@@ -111,6 +111,17 @@ def route_after_step(state: dict[str, Any]) -> Literal["continue", "end"]:
     return "end" if state["done"] else "continue"
 
 
+async def _aroute_after_step(state: dict[str, Any]) -> Literal["continue", "end"]:
+    return route_after_step(state)
+
+
+# A plain function router runs in a worker thread under `ainvoke` and opens a traced run: two
+# thread hops and a callback run per step. With an async twin and no tracing it runs inline.
+_ROUTER = RunnableCallable(
+    route_after_step, _aroute_after_step, name="route_after_step", trace=False
+)
+
+
 def make_builder(
     variant: Variant = "billp",
     *,
@@ -149,7 +160,7 @@ def make_builder(
         builder.add_edge("reflector", END)
         finish = "reflector"
     builder.add_conditional_edges(
-        pipeline[-1][0], route_after_step, {"continue": pipeline[0][0], "end": finish}
+        pipeline[-1][0], _ROUTER, {"continue": pipeline[0][0], "end": finish}
     )
     return builder
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from memory.embeddings import Embeddings
-from memory.vector import JSON, Hit, VectorMemory
+from memory.vector import ENTRIES_FILE, INDEX_FILE, JSON, Hit, VectorMemory
 from simulator.files import sha256_bytes
 
 
@@ -33,19 +33,23 @@ class _TextStore:
         self.embeddings = embeddings
         self.path = Path(path) if path is not None else None
         meta: dict[str, JSON] = {"kind": self.kind, "embeddings": embeddings.spec}
+        adopted = False  # meta given to an empty memory: not on disk yet
         if self.path is None:
             self.memory = VectorMemory(embeddings.dim, meta=meta, read_only=read_only)
         else:
             self.memory = VectorMemory.load(self.path, embeddings.dim, read_only=read_only)
             saved = {k: self.memory.meta.get(k) for k in meta}
             if len(self.memory) == 0 and not self.memory.meta:
-                self.memory.meta = meta
+                self.memory.meta, adopted = meta, True
             elif saved != meta:
                 raise ValueError(
                     f"memory at {self.path} is a {saved['kind']} memory embedded with "
                     f"{saved['embeddings']!r}, but a {self.kind} memory with {embeddings.spec!r} "
                     "opened it: use the same embeddings spec, or a new folder"
                 )
+        # Changed since the files were last written or read? Only then does save() write.
+        self._stamp = self._disk_stamp()
+        self._dirty = adopted or self._stamp is None
 
     @property
     def read_only(self) -> bool:
@@ -55,10 +59,38 @@ class _TextStore:
     def __len__(self) -> int:
         return len(self.memory)
 
+    def _disk_stamp(self) -> tuple | None:
+        """Return (inode, mtime, size) of both files, or None when either is missing."""
+        if self.path is None:
+            return None
+        try:
+            stats = [(self.path / name).stat() for name in (INDEX_FILE, ENTRIES_FILE)]
+        except OSError:
+            return None
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
+
+    def _changed(self) -> None:
+        """Mark the store for the next save; called after every write the store makes."""
+        self._dirty = True
+
     def save(self) -> None:
-        """Persist to `path` (atomic); a read-only or path-less store has nothing to write."""
-        if self.path is not None and not self.read_only:
+        """Persist to `path` (atomic); a read-only or path-less store has nothing to write.
+
+        An unchanged store whose files are still the ones it wrote or read is skipped: every
+        save rewrites the whole index and entries with two fsyncs, and grows with the memory.
+        Files replaced or removed underneath (a snapshot restored) are written again.
+        """
+        if self.path is None or self.read_only:
+            return
+        if not self._dirty and self._stamp is not None and self._stamp == self._disk_stamp():
+            return
+        self._dirty = False  # before writing: a concurrent write marks it again
+        try:
             self.memory.save(self.path)
+        except BaseException:
+            self._dirty = True
+            raise
+        self._stamp = self._disk_stamp()
 
     def _vector(self, text: str) -> np.ndarray:
         return self.embeddings.embed([text])[0]
@@ -92,6 +124,7 @@ class MacroMemory(_TextStore):
         payload = self._payload(reflection, context_text, meta)
         key = self._key(reflection, context_text)
         self.memory.upsert(key, self._vector(context_text), payload)
+        self._changed()
 
     async def aadd(self, reflection: str, context_text: str, meta: dict | None = None) -> None:
         """Store a reflection without blocking the event loop while embedding."""
@@ -99,6 +132,7 @@ class MacroMemory(_TextStore):
         payload = self._payload(reflection, context_text, meta)
         key = self._key(reflection, context_text)
         self.memory.upsert(key, await self._avector(context_text), payload)
+        self._changed()
 
     def _reflections(self, vector: np.ndarray, k: int) -> list[str]:
         return [hit.payload["reflection"] for hit in self.memory.search(vector, k)[0]]  # type: ignore[index]
@@ -182,6 +216,7 @@ class ActorMemory(_TextStore):
         merge = self._merge(label, advantage)
         vector = None if state_text in self.memory else self._vector(state_text)
         self.memory.update(state_text, merge, vector=vector)
+        self._changed()
 
     async def arecord(self, state_text: str, label: str, advantage: float) -> None:
         """Record without blocking the event loop while embedding."""
@@ -189,6 +224,7 @@ class ActorMemory(_TextStore):
         merge = self._merge(label, advantage)
         vector = None if state_text in self.memory else await self._avector(state_text)
         self.memory.update(state_text, merge, vector=vector)
+        self._changed()
 
     def _accept(self, hit: Hit | None) -> ActorHint | None:
         if hit is None:
@@ -240,6 +276,7 @@ class CriticMemory(_TextStore):
         payload = self._payload(target)
         vector = None if state_text in self.memory else self._vector(state_text)
         self.memory.update(state_text, lambda _old: payload, vector=vector)
+        self._changed()
 
     async def arecord(self, state_text: str, target: float) -> None:
         """Record without blocking the event loop while embedding."""
@@ -247,6 +284,7 @@ class CriticMemory(_TextStore):
         payload = self._payload(target)
         vector = None if state_text in self.memory else await self._avector(state_text)
         self.memory.update(state_text, lambda _old: payload, vector=vector)
+        self._changed()
 
     def _accept(self, hit: Hit | None) -> CriticHint | None:
         if hit is None or hit.sq_l2 >= self.near:

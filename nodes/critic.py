@@ -13,6 +13,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.lessons import learn_step
 from nodes.llms import Usage, call_structured
 from nodes.resources import Resources, aget_resources
 from nodes.views import episode_text, history_text, messages, state_key, with_usage
@@ -56,11 +57,7 @@ async def critic(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]
     target = reward + ctx.gamma * value_next
     advantage = target - value_now
     if ctx.learn:
-        await res.memories.actor.arecord(key_before, str(pending["item"]), advantage)
-        await res.memories.critic.arecord(key_before, target)
-        if ctx.critic == "learned":
-            vector = (await res.catalogue.embeddings.aembed([key_before]))[0]
-            res.memories.learned_critic.update(vector, target)
+        await learn_step(res, ctx.critic, key_before, pending["item"], advantage, target)
     pending = with_usage(pending, "critic", usage, fallback)
     pending.update(value=value_next, advantage=advantage, critic_hint=hint_value)
     return {

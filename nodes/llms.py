@@ -27,6 +27,7 @@ import os
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -35,8 +36,7 @@ import openai
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
-from langchain_openai import ChatOpenAI
+from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
@@ -341,6 +341,31 @@ def _run_sync(run: _Attempts, messages: list[BaseMessage], call: Callable, check
         time.sleep(delay)
 
 
+_STRUCTURED: OrderedDict[tuple[int, Any], tuple[BaseChatModel, Runnable]] = OrderedDict()
+_STRUCTURED_LOCK = threading.Lock()
+_STRUCTURED_SIZE = 256
+
+
+def structured_runnable(model: BaseChatModel, schema: type[T]) -> Runnable:
+    """Return `model.with_structured_output(schema, include_raw=True)`, built once per pair.
+
+    Building it binds the model and wraps a parser: a few hundred microseconds that every step
+    paid three times. The entry holds the model, so its id cannot be reused while cached.
+    """
+    key = (id(model), schema)
+    with _STRUCTURED_LOCK:
+        found = _STRUCTURED.get(key)
+        if found is not None and found[0] is model:
+            _STRUCTURED.move_to_end(key)
+            return found[1]
+    runnable = model.with_structured_output(schema, include_raw=True)
+    with _STRUCTURED_LOCK:
+        _STRUCTURED[key] = (model, runnable)
+        while len(_STRUCTURED) > _STRUCTURED_SIZE:
+            _STRUCTURED.popitem(last=False)
+    return runnable
+
+
 async def call_structured(
     model: BaseChatModel,
     messages: list[BaseMessage],
@@ -352,7 +377,7 @@ async def call_structured(
 ) -> StructuredResult[T]:
     """Ask for a `schema` instance; never raise on model output (see the module's error policy)."""
     run = _Attempts(model, retries, transient_retries, base_delay)
-    runnable = model.with_structured_output(schema, include_raw=True)
+    runnable = structured_runnable(model, schema)
     value = await _run_async(run, messages, runnable.ainvoke, _check_structured)
     return StructuredResult(value, value is not None, run.attempts, run.error_if(value), run.usage)
 
@@ -368,7 +393,7 @@ def call_structured_sync(
 ) -> StructuredResult[T]:
     """Do what `call_structured` does, blocking, for code with no event loop."""
     run = _Attempts(model, retries, transient_retries, base_delay)
-    runnable = model.with_structured_output(schema, include_raw=True)
+    runnable = structured_runnable(model, schema)
     value = _run_sync(run, messages, runnable.invoke, _check_structured)
     return StructuredResult(value, value is not None, run.attempts, run.error_if(value), run.usage)
 
@@ -445,76 +470,6 @@ def _build(
 
         path = find_local_model(arg or None)
         return LocalChatModel(model_path=str(path), temperature=temperature, seed=seed, **kwargs)
-    return _make_openai(arg, temperature, seed, kwargs)
+    from nodes.openai_llm import make_openai
 
-
-# --- OpenAI-compatible endpoints -----------------------------------------------------------------
-
-# Base URLs that answered 400 to a json_schema response_format; per process, so one probe each.
-_NO_JSON_SCHEMA: set[str] = set()
-
-
-class FallbackChatOpenAI(ChatOpenAI):
-    """Use json_schema structured output, switching to function calling where it is refused."""
-
-    def with_structured_output(
-        self, schema: Any = None, *, method: str | None = None, include_raw: bool = False, **kw: Any
-    ) -> Runnable:
-        """Return a runnable that remembers, per base URL, which method the server accepts."""
-        if method is not None:
-            return super().with_structured_output(
-                schema, method=method, include_raw=include_raw, **kw
-            )
-        via_schema = super().with_structured_output(
-            schema, method="json_schema", include_raw=include_raw, **kw
-        )
-        via_tools = super().with_structured_output(
-            schema, method="function_calling", include_raw=include_raw, **kw
-        )
-        url = _base_url(self)
-
-        def invoke(messages: Any, config: RunnableConfig) -> Any:
-            if url not in _NO_JSON_SCHEMA:
-                try:
-                    return via_schema.invoke(messages, config)
-                except openai.BadRequestError:
-                    pass  # maybe json_schema is unsupported: fall through and find out
-            out = via_tools.invoke(messages, config)
-            _NO_JSON_SCHEMA.add(url)
-            return out
-
-        async def ainvoke(messages: Any, config: RunnableConfig) -> Any:
-            if url not in _NO_JSON_SCHEMA:
-                try:
-                    return await via_schema.ainvoke(messages, config)
-                except openai.BadRequestError:
-                    pass
-            out = await via_tools.ainvoke(messages, config)
-            _NO_JSON_SCHEMA.add(url)
-            return out
-
-        return RunnableLambda(invoke, afunc=ainvoke, name="structured_output")
-
-
-def _make_openai(model: str, temperature: float, seed: int | None, kwargs: dict) -> ChatOpenAI:
-    kwargs = dict(kwargs)
-    base_url = (
-        kwargs.pop("base_url", None)
-        or os.environ.get("OPENAI_BASE_URL")
-        or os.environ.get("OPENAI_API_BASE")
-    )
-    api_key = kwargs.pop("api_key", None) or os.environ.get("OPENAI_API_KEY")
-    if not api_key:
-        if not base_url:
-            raise LLMError(f"openai:{model} needs OPENAI_API_KEY (or api_key=...) to be set")
-        api_key = "not-needed"  # local OpenAI-compatible servers usually ignore the key
-    kwargs.setdefault("timeout", _env_seconds(ENV_TIMEOUT, DEFAULT_TIMEOUT_S))
-    return FallbackChatOpenAI(
-        model=model,
-        base_url=base_url,
-        api_key=api_key,
-        temperature=temperature,
-        seed=seed,
-        max_retries=0,  # call_structured owns the retry policy, with backoff and Retry-After
-        **kwargs,
-    )
+    return make_openai(arg, temperature, seed, kwargs)

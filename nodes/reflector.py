@@ -8,6 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.lessons import learn_reflection
 from nodes.llms import call_structured
 from nodes.resources import aget_resources
 from nodes.views import episode_text, history_text, messages
@@ -43,7 +44,7 @@ async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, A
     if fallback:
         text = fallback_reflection(reason, sum(1 for s in steps if s["accepted"]))
     if ctx.learn:
-        await res.memories.macro.aadd(text, history_text(res, state), {"user": state["user_id"]})
+        await learn_reflection(res, state.get("history", []), text, state["user_id"])
         # fsyncs of every memory file: off the event loop, so concurrent episodes keep stepping
         await asyncio.to_thread(res.memories.save)
     return {

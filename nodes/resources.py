@@ -66,6 +66,11 @@ class MemoEmbeddings:
         """Return the vector size of the wrapped embeddings."""
         return self.inner.dim
 
+    def clear(self) -> None:
+        """Forget every remembered text (benchmarks start each configuration cold)."""
+        with self._lock:
+            self._rows.clear()
+
     def _lookup(self, texts: list[str]) -> list[np.ndarray | None]:
         with self._lock:
             rows = [self._rows.get(t) for t in texts]

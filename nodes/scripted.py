@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -24,7 +24,7 @@ from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 from nodes.llms import TransientLLMError
-from nodes.local_llm import json_structured_output
+from nodes.structured import json_structured_output
 
 Responder = Callable[[list[BaseMessage], type[BaseModel] | None], dict | str]
 
@@ -216,6 +216,17 @@ class ScriptedChatModel(BaseChatModel):
             response_metadata={"model_name": f"scripted:{self.responder_name or 'default'}"},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        structured_schema: type[BaseModel] | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """Answer inline: without this LangChain runs `_generate` in a worker thread per call."""
+        return self._generate(messages, stop, None, structured_schema, **kwargs)
 
     def with_structured_output(
         self, schema: Any, *, include_raw: bool = False, **kwargs: Any

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 RULE = "equal-error 3|4 boundary; positives above split at median; random below at terciles"
@@ -58,18 +59,22 @@ class RatingCalibrator:
         return cls(_strictly_increasing([b15, b25, t, b45], scale=float(rnd.std()) or 1.0))
 
     def __call__(self, scores: torch.Tensor, integer: bool = False) -> torch.Tensor:
-        """Return ratings in [1, 5] (float tensor; whole numbers when `integer`)."""
-        x = torch.as_tensor(scores).double()
-        k = torch.tensor(self.knots, dtype=torch.float64)
+        """Return ratings in [1, 5] (float tensor; whole numbers when `integer`).
+
+        numpy, not torch: the same float64 arithmetic, without torch's per-op dispatch and
+        thread pool, which stalled a one-row call for milliseconds on a busy machine.
+        """
+        x = torch.as_tensor(scores).detach().cpu().double().numpy()
+        k = np.asarray(self.knots, dtype=np.float64)
         # Knots at k+0.5 plus, at ratings 1 and 5, half a segment further at the end slopes.
-        xs = torch.cat([k[:1] - (k[1] - k[0]) / 2, k, k[-1:] + (k[-1] - k[-2]) / 2])
-        ys = torch.arange(1.0, 5.5, 0.5, dtype=torch.float64)[[0, 1, 3, 5, 7, 8]]
-        seg = torch.searchsorted(xs, x.contiguous()).clamp(1, len(xs) - 1)
+        xs = np.concatenate([k[:1] - (k[1] - k[0]) / 2, k, k[-1:] + (k[-1] - k[-2]) / 2])
+        ys = np.arange(1.0, 5.5, 0.5, dtype=np.float64)[[0, 1, 3, 5, 7, 8]]
+        seg = np.searchsorted(xs, x, side="left").clip(1, len(xs) - 1)
         x0, x1, y0, y1 = xs[seg - 1], xs[seg], ys[seg - 1], ys[seg]
-        rating = (y0 + (x - x0) * (y1 - y0) / (x1 - x0)).clamp(1.0, 5.0)
+        rating = (y0 + (x - x0) * (y1 - y0) / (x1 - x0)).clip(1.0, 5.0)
         if integer:
-            rating = torch.floor(rating + 0.5).clamp(1.0, 5.0)
-        return rating.float()
+            rating = np.floor(rating + 0.5).clip(1.0, 5.0)
+        return torch.from_numpy(rating.astype(np.float32))
 
     def histogram(self, scores: torch.Tensor, integer: bool = True) -> dict[str, int]:
         """Count scores per rating "1".."5": rounded when `integer`, else by floor (5.0 -> "5")."""

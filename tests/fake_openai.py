@@ -14,10 +14,14 @@ inside it, except when it decides (seeded, per request) to serve a fault instead
 
 Faults that do not apply to a request (a schema fault on a plain-text request, a hallucinated
 title where the schema has no title) are not drawn for it. Every fault served is counted in
-`FakeOpenAI.stats()` and at `GET /stats`.
+`FakeOpenAI.stats()` and at `GET /stats` (with requests in flight over time); `POST /reset` clears
+them.
 
     with FakeOpenAI(fault_rate=0.3, seed=0, titles=catalogue) as fake:
         os.environ["OPENAI_BASE_URL"] = fake.url
+
+With `by_prompt=True` an answer depends only on the seed and the request body, not on the
+order requests arrive in: concurrent clients then get the same answers as sequential ones.
 
 From a shell (for benchmarks): `python -m tests.fake_openai --port 8765 --fault-rate 0.3`.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import random
 import re
@@ -208,6 +213,7 @@ class FakeOpenAI:
         force: dict[str, Any] | None = None,
         api_key: str | None = None,
         keep_requests: int = 200,
+        by_prompt: bool = False,
     ) -> None:
         """Configure the server; `start()` (or `with`) binds it.
 
@@ -217,7 +223,8 @@ class FakeOpenAI:
         with `429`; `timeout_sleep` is how long `timeout` stalls (set it above the client's
         timeout); `force` sets fields by name in every structured answer (e.g. `{"value": 10**9}`
         for a critic that always answers out of range; not counted as a fault); `api_key`, when
-        set, makes every request with another bearer key fail with 401 (counted as `rejected`).
+        set, makes every request with another bearer key fail with 401 (counted as `rejected`);
+        `by_prompt` seeds each answer from (seed, request body) instead of arrival order.
         """
         unknown = sorted(set(faults) - set(FAULTS))
         if unknown or not 0.0 <= fault_rate <= 1.0:
@@ -227,9 +234,11 @@ class FakeOpenAI:
         self.titles, self.retry_after, self.timeout_sleep = list(titles), retry_after, timeout_sleep
         self.force = dict(force or {})
         self.api_key = api_key
+        self.seed, self.by_prompt = seed, by_prompt
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._flight = _Flight()
         self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self.headers: deque[dict[str, str]] = deque(maxlen=keep_requests)
         self._httpd: ThreadingHTTPServer | None = None
@@ -246,7 +255,7 @@ class FakeOpenAI:
 
     def start(self) -> FakeOpenAI:
         """Bind 127.0.0.1 (a free port unless one was given) and serve in a daemon thread."""
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        self._httpd = _Server(("127.0.0.1", self.port), _handler(self))
         self._httpd.daemon_threads = True  # a stalled `timeout` answer never blocks shutdown
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -268,7 +277,11 @@ class FakeOpenAI:
     # ---- accounting
 
     def stats(self) -> dict[str, Any]:
-        """Return {"requests", "ok", "rejected", "faults": total, "by_fault": {name: count}}."""
+        """Return {"requests", "ok", "rejected", "faults": total, "by_fault": {name: count}}.
+
+        Also "busy_s" (first arrival to last answer), "mean_in_flight" and "max_in_flight" of
+        chat requests since the last reset: what a benchmark needs to judge client concurrency.
+        """
         with self._lock:
             by_fault = {k: v for k, v in self._counts.items() if k in FAULTS}
             return {
@@ -277,12 +290,14 @@ class FakeOpenAI:
                 "rejected": self._counts["rejected"],
                 "faults": sum(by_fault.values()),
                 "by_fault": dict(sorted(by_fault.items())),
+                **self._flight.summary(),
             }
 
     def reset(self) -> None:
         """Forget counts and recorded requests."""
         with self._lock:
             self._counts.clear()
+            self._flight = _Flight()
             self.requests.clear()
             self.headers.clear()
 
@@ -303,6 +318,16 @@ class FakeOpenAI:
 
     def answer(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, bytes]:
         """Return (status, headers, body bytes) for one request (`headers` keys lowercase)."""
+        with self._lock:
+            flight = self._flight
+            flight.change(+1)
+        try:
+            return self._answer(body, headers)
+        finally:
+            with self._lock:
+                flight.change(-1)
+
+    def _answer(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, bytes]:
         shape, schema, tool = request_schema(body)
         sent = headers.get("authorization", "")
         if self.api_key is not None and sent != f"Bearer {self.api_key}":
@@ -319,6 +344,9 @@ class FakeOpenAI:
             fault = self._draw(shape, schema)
             self._counts[fault or "ok"] += 1
             rng = random.Random(self._rng.random())  # per-request stream, fixed by arrival order
+        if self.by_prompt:
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            rng = random.Random(f"{self.seed}:{digest}")
         build = SchemaInstance(rng, self.titles)
         if self.latency:
             time.sleep(self.latency)
@@ -394,6 +422,33 @@ class FakeOpenAI:
         return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
 
 
+class _Flight:
+    """Track chat requests in flight over time (callers hold the server's lock)."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self.first = self.last = None
+        self.area = 0.0  # integral of requests in flight over seconds
+
+    def change(self, delta: int) -> None:
+        t = time.perf_counter()
+        if self.first is None:
+            self.first = t
+        if self.last is not None:
+            self.area += self.now * (t - self.last)
+        self.last, self.now = t, self.now + delta
+        self.peak = max(self.peak, self.now)
+
+    def summary(self) -> dict[str, float]:
+        busy = (self.last - self.first) if self.first is not None else 0.0
+        mean = self.area / busy if busy > 0 else 0.0
+        return {
+            "busy_s": round(busy, 4),
+            "mean_in_flight": round(mean, 3),
+            "max_in_flight": self.peak,
+        }
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None):
     payload = {"error": {"message": message, "type": "fake_error", "code": str(status)}}
     return (
@@ -403,9 +458,23 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None):
     )
 
 
+class _Server(ThreadingHTTPServer):
+    """A threaded server whose listen backlog holds a burst of concurrent clients.
+
+    The default backlog of 5 drops connection attempts when dozens of clients connect at once,
+    and each dropped SYN costs the client a 1 s retransmit: a latency the benchmark would blame
+    on the client.
+    """
+
+    request_queue_size = 256
+
+
 def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+        # delayed ACK (40 ms on Linux), which would add to every answer's latency.
+        disable_nagle_algorithm = True
 
         def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
             try:
@@ -429,6 +498,10 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self._send(*_error(404, f"no route {self.path}"))
 
         def do_POST(self) -> None:
+            if self.path.rstrip("/").endswith("/reset"):
+                fake.reset()
+                self._send(200, {"Content-Type": "application/json"}, b"{}")
+                return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -457,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to answers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--by-prompt", action="store_true", help="answers depend on the request, not its order"
+    )
     parser.add_argument("--retry-after", type=float, default=0.05)
     parser.add_argument("--timeout-sleep", type=float, default=2.0)
     parser.add_argument("--titles-file", help="one catalogue title per line, for title fields")
@@ -475,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         titles=titles,
         retry_after=args.retry_after,
         timeout_sleep=args.timeout_sleep,
+        by_prompt=args.by_prompt,
     )
     with fake:
         print(f"fake OpenAI endpoint: {fake.url}", flush=True)

@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from nodes import local_llm
 from nodes.llms import (
-    FallbackChatOpenAI,
     LLMError,
     Usage,
     call_structured,
@@ -28,6 +27,7 @@ from nodes.llms import (
     make_chat_model,
 )
 from nodes.local_llm import ENV_MODEL, find_local_model
+from nodes.openai_llm import FallbackChatOpenAI
 from nodes.scripted import (
     ScriptedChatModel,
     ScriptedFatalError,
@@ -417,11 +417,21 @@ class FakeLlama:
         self.requests.append({"messages": messages, **params})
         if "overflow" in messages[-1]["content"]:
             raise ValueError("Requested tokens (5000) exceed context window of 4096")
-        schema = params.get("response_format", {}).get("schema")
+        schema = params["logits_processor"][0].schema
         content = json.dumps({"item_id": schema["properties"]["item_id"]["enum"][1]})
         usage = {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}
         choice = {"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         return {"choices": [choice], "usage": usage}
+
+
+class FakeGrammar:
+    """Stand in for LazyGrammar: remember the schema and whether the native sampler was freed."""
+
+    def __init__(self, llama: Any, schema: dict, temperature: float, seed: int | None) -> None:
+        self.schema, self.temperature, self.seed, self.closed = schema, temperature, seed, False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_local_wrapper_constrains_output_and_reports_usage(
@@ -430,6 +440,7 @@ def test_local_wrapper_constrains_output_and_reports_usage(
     weights = tmp_path / "fake.gguf"
     weights.write_bytes(b"GGUF")
     fake = FakeLlama()
+    monkeypatch.setattr(local_llm, "LazyGrammar", FakeGrammar)
     monkeypatch.setitem(local_llm._MODELS, (str(weights.resolve()), 4096), (fake, threading.Lock()))
     model = make_chat_model(f"local:{weights}", temperature=0.2, seed=11)
     result = call_structured_sync(model, MESSAGES, Choice)
@@ -437,7 +448,10 @@ def test_local_wrapper_constrains_output_and_reports_usage(
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (30, 9)
     sent = fake.requests[0]
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]
-    assert sent["response_format"]["schema"]["properties"]["item_id"]["enum"][0] == "i101"
+    grammar = sent["logits_processor"][0]  # constrained token by token, not by llama.cpp's mask
+    assert "response_format" not in sent and grammar.closed
+    assert grammar.schema["properties"]["item_id"]["enum"][0] == "i101"
+    assert (grammar.temperature, grammar.seed) == (0.2, 11)
     assert (sent["temperature"], sent["seed"], sent["max_tokens"]) == (0.2, 11, 256)
     too_long = run(call_structured(model, [HumanMessage("overflow")], Choice))
     assert (too_long.ok, too_long.attempts) == (False, 1) and "too long" in too_long.error

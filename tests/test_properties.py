@@ -22,8 +22,8 @@ from memory.embeddings import HashingEmbeddings
 from nodes import prompts
 from nodes.grounding import TitleIndex
 from nodes.llms import call_structured_sync
-from nodes.local_llm import parse_json_message
 from nodes.scripted import ScriptedChatModel
+from nodes.structured import parse_json_message
 from simulator.datasets import normalize_title, parse_genres
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

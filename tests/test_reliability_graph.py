@@ -16,6 +16,7 @@ import pytest
 from fake_openai import FAULTS, FakeOpenAI
 
 import nodes.llms as llms
+import nodes.openai_llm as openai_llm
 from graph import Context, build_graph
 from nodes.resources import clear_cache
 from simulator.build import EnvConfig, build_env
@@ -47,7 +48,7 @@ def fake_llm(
         monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(CLIENT_TIMEOUT_S))
         # make_chat_model caches clients per spec, not per base URL: start from a clean slate.
         monkeypatch.setattr(llms, "_CACHE", {})
-        monkeypatch.setattr(llms, "_NO_JSON_SCHEMA", set())
+        monkeypatch.setattr(openai_llm, "_NO_JSON_SCHEMA", set())
         clear_cache()
         return fake
 
@@ -170,7 +171,7 @@ def test_fake_server_speaks_every_shape_and_counts_faults(fake_llm):
     msgs = messages("system", "user")
     plain = asyncio.run(llms.call_text(model, msgs, transient_retries=6))
     via_schema = llms.call_structured_sync(model, msgs, Value, retries=6, transient_retries=6)
-    llms._NO_JSON_SCHEMA.add(llms._base_url(model))
+    openai_llm._NO_JSON_SCHEMA.add(llms._base_url(model))
     via_tools = llms.call_structured_sync(model, msgs, TitleChoice, retries=6, transient_retries=6)
     assert plain.ok and via_schema.ok and via_tools.ok
     assert "tools" in fake.requests[-1] and "response_format" not in fake.requests[-1]

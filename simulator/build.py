@@ -131,8 +131,14 @@ class EnvBundle:
     def histories(self) -> dict[int, list[int]]:
         """Return each user's logged positive items in time order (what agents are shown)."""
         pos = self.dataset.interactions
-        pos = pos[pos["signal"] > 0].sort_values(["user", "order"])
-        return {int(u): g["item"].astype(int).tolist() for u, g in pos.groupby("user")}
+        pos = pos[pos["signal"] > 0]
+        users, order = pos["user"].to_numpy(np.int64), pos["order"].to_numpy()
+        items = pos["item"].to_numpy(np.int64)
+        rows = np.lexsort((order, users))  # numpy, not a pandas groupby: ~100x faster at start-up
+        users, items = users[rows], items[rows]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else users
+        chunks = np.split(items, starts[1:])
+        return {int(users[s]): c.tolist() for s, c in zip(starts, chunks, strict=True)}
 
     @cached_property
     def train_interactions(self) -> pd.DataFrame:

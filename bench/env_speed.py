@@ -29,13 +29,18 @@ def single_env_steps_per_s(bundle: EnvBundle, seconds: float = 2.0, seed: int = 
     env = bundle.make_env("test")
     rng = np.random.default_rng(seed)
     n_items = bundle.dataset.n_items
-    env.reset(seed=seed)
+    _, info = env.reset(seed=seed)
+    excluded = env.world.excluded_of(info["user"])  # the user's logged items: refused by the env
     steps, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        _, _, terminated, truncated, _ = env.step(int(rng.integers(n_items)))
+        item = int(rng.integers(n_items))
+        while item in excluded:
+            item = int(rng.integers(n_items))
+        _, _, terminated, truncated, _ = env.step(item)
         steps += 1
         if terminated or truncated:
-            env.reset()
+            _, info = env.reset()
+            excluded = env.world.excluded_of(info["user"])
     return steps / (time.perf_counter() - started)
 
 
@@ -52,7 +57,12 @@ def batched_steps_per_s(bundle: EnvBundle, batch: int = 4096, seconds: float = 2
     env.reset(rows)
     steps, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        result = env.step(torch.randint(n_items, (batch,), generator=gen))
+        actions = torch.randint(n_items, (batch,), generator=gen)
+        refused = env.state.excluded.gather(1, actions[:, None]).squeeze(1)  # logged items
+        while bool(refused.any()):
+            actions[refused] = torch.randint(n_items, (int(refused.sum()),), generator=gen)
+            refused = env.state.excluded.gather(1, actions[:, None]).squeeze(1)
+        result = env.step(actions)
         steps += int(result.active.sum())
         if bool((~result.active).all()) or float((~env.state.active).float().mean()) > 0.5:
             env.reset(rows)

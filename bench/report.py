@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import html_report, rl_report
 from bench import report_plots as plots
 from bench import report_sections as sections
 
@@ -128,10 +129,12 @@ def render(results_path: str | Path, markdown_path: str | Path) -> Path:
     r = json.loads(results_path.read_text())
     plot_dir = results_path.parent / "plots"
     images = plots.draw_all(r, plot_dir)
+    if (curves := rl_report.plot(r, plot_dir)) is not None:
+        images["rl_curves"] = curves
     here = markdown_path.parent.resolve()
     rel = {k: Path(v).resolve().relative_to(here) for k, v in images.items()}
     lines = [*header(r), "## Targets", "", *targets(r), ""]
-    for section in sections.ALL:
+    for section in [*sections.ALL, rl_report.section, html_report.section]:
         lines += section(r, rel, fmt)
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text("\n".join(lines).rstrip() + "\n")

@@ -310,6 +310,7 @@ def quality(r: dict[str, Any], images: Images, fmt: Fmt) -> list[str]:
             )
         lines += [f"### {dataset}", "", f"Backends: {_backends(rows)}.", ""]
         lines += _table(head, table)
+        lines += _learning_audit(rows, fmt)
     lines += [
         "CI: Student-t 95% half-width over seeds (over episodes when there is one seed). "
         "% oracle: mean R_traj over the oracle's on the same users, seeds and step limit "
@@ -318,6 +319,44 @@ def quality(r: dict[str, Any], images: Images, fmt: Fmt) -> list[str]:
         "",
     ]
     return lines
+
+
+def _pct(share: float | None) -> str:
+    return "–" if share is None else f"{100 * share:.0f}%"
+
+
+def _learning_audit(rows: dict[str, Any], fmt: Fmt) -> list[str]:
+    """Return the learning methods' audit: did each memory fire, was it right, did it matter."""
+    audited = {m: q for m, q in rows.items() if q.get("learning")}
+    if not audited:
+        return []
+    head = [
+        "method", "actor hint", "critic hint", "reflections/ep", "precision + (n)",
+        "precision - (n)", "differs from reflexion", "train R_traj per batch", "fallback rate",
+    ]  # fmt: skip
+    table = []
+    for method, q in audited.items():
+        a, p = q["learning"], q["learning"]["hint_precision"]
+        table.append(
+            [
+                method,
+                _pct(a.get("actor_hint_rate")),
+                _pct(a.get("critic_hint_rate")),
+                fmt(a.get("reflections_per_episode")),
+                f"{_pct(p['plus'])} ({p['n_plus']})",
+                f"{_pct(p['minus'])} ({p['n_minus']})",
+                _pct(a.get("differs_from", {}).get("reflexion")),
+                ", ".join(fmt(v, 1) for v in a.get("train_curve", [])) or "–",
+                _pct(q.get("fallback_rate")),
+            ]
+        )
+    note = (
+        "Learning audit (test episodes): hint rates are shares of test steps whose prompt "
+        "carried the hint; precision is the share of hinted items the test env's ground truth "
+        "would accept at that step; differs = share of the same (user, seed) episodes whose "
+        "items differ from Reflexion's."
+    )
+    return [note, "", *_table(head, table)]
 
 
 def _backends(rows: dict[str, Any]) -> str:

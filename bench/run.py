@@ -30,7 +30,9 @@ PARTS = (  # cheapest first; env_speed also builds (and caches) the environments
     "concurrency",
     "prompt_cost",
     "rss",
+    "rl_curves",  # trains (or loads, from bench/out/policies) the RL baselines with curves
     "quality",
+    "html_report",  # the self-contained run report: page load of a 10,000-episode run
 )
 FULL = {"results": Path("bench/results.json"), "markdown": Path("BENCHMARKS.md")}
 QUICK = {

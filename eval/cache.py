@@ -9,9 +9,10 @@ structured calls the parsed object and any parsing error, so a cached answer is 
 as the first one was received, token counts included: results do not depend on whether a call
 was cached, only the wall time does.
 
-The cache is on by default at temperature 0, where a model's answer is a function of its prompt.
-At temperature > 0 a cache would return one sample for every repeat of a prompt, so it is off
-unless asked for (the key then includes the seed).
+The cache is on by default. At temperature > 0 an answer is a function of the prompt and the
+sampling seed, and every call's seed is derived from (run seed, user, step, role)
+(`nodes.draws`), so the key includes that per-call seed: a repeat of the same call replays its
+answer, while another user's or step's call draws its own.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from langchain_core.messages import BaseMessage, message_to_dict, messages_from_
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, ConfigDict
+
+from nodes.llms import CALL_SEED
 
 CACHE_FILE = "llm_cache.sqlite"
 
@@ -165,6 +168,7 @@ class CachedChatModel(BaseChatModel):
         """Return the cache key of a call."""
         payload = {
             "model": self.identity,
+            "call_seed": CALL_SEED.get(),  # the derived per-call seed: a different draw
             "messages": [[m.type, m.content] for m in messages],
             "schema": _schema_id(schema),
             "kwargs": {k: repr(v) for k, v in sorted(kwargs.items())},

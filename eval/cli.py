@@ -49,7 +49,12 @@ __all__ = ["app", "fail", "main", "print_card"]
 app = typer.Typer(help="BiLLP: LLM planners for long-term recommendation.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
-DEMO_METHODS = ["billp", "random", "popularity", "itemcf", "oracle"]
+DEMO_METHODS = ["billp", "reflexion", "random", "popularity", "itemcf", "oracle"]
+EMBEDDED_MODEL_LINE = (
+    "Model: the embedded SmolLM2-135M-Instruct (llama.cpp on the CPU), picking 1 of 10 "
+    "candidates (shortlist grounding: a 135M model cannot write catalogue titles). A stronger "
+    "model plugs in through --llm openai:MODEL (OPENAI_BASE_URL, OPENAI_API_KEY)."
+)
 
 LLMOpt = Annotated[
     str,
@@ -72,14 +77,37 @@ GroundOpt = Annotated[str, typer.Option("--grounding", help="free (title) or sho
 CriticOpt = Annotated[str, typer.Option("--critic", help="llm or learned (a small value net)")]
 MaxStepsOpt = Annotated[int, typer.Option("--max-steps", help="Recommendations per episode, max")]
 TempOpt = Annotated[
-    float, typer.Option("--temperature", help="LLM temperature (0: reproducible; paper: 0.5)")
+    float,
+    typer.Option(
+        "--temperature", help="LLM temperature (the paper's 0.5; seeds keep it reproducible)"
+    ),
+]
+HintRuleOpt = Annotated[
+    str,
+    typer.Option(
+        "--hint-rule",
+        help="When a remembered state hints: derived (quantile of observed distances, fits any "
+        "embedding) or reference (the reference's fixed numbers)",
+    ),
+]
+ActorQOpt = Annotated[
+    float, typer.Option("--actor-quantile", help="Derived rule: actor hint quantile (0-1]")
+]
+CriticQOpt = Annotated[
+    float, typer.Option("--critic-quantile", help="Derived rule: critic hint quantile (0-1]")
+]
+ExploreOpt = Annotated[
+    bool,
+    typer.Option("--explore/--no-explore", help="Per-step exploration hint (two random genres)"),
 ]
 BatchOpt = Annotated[
     int, typer.Option("--train-batch", help="Learning batch size (memories update after each)")
 ]
 CacheOpt = Annotated[
     bool | None,
-    typer.Option("--cache/--no-cache", help="Cache LLM answers (default: on at temperature 0)"),
+    typer.Option(
+        "--cache/--no-cache", help="Cache LLM answers, keyed on each call's seed (default: on)"
+    ),
 ]
 CacheDirOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Share the LLM cache (default: the run dir)")
@@ -89,6 +117,22 @@ RLStepsOpt = Annotated[int, typer.Option("--rl-steps", help="Training env steps 
 EnvSeedOpt = Annotated[int, typer.Option("--env-seed", help="Seed of the environment build")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line")]
 PauseOpt = Annotated[float, typer.Option("--step-pause", hidden=True)]  # tests: kill mid-episode
+MemBackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--memory-backend", help="faiss (files) or store (LangGraph store; $BILLP_STORE_URI)"
+    ),
+]
+ExecOpt = Annotated[
+    str, typer.Option("--executor", help="Where episodes run: local (this process) or ray")
+]
+RayAddrOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Ray cluster host:port (default: a local Ray)"),
+]
+RayWorkersOpt = Annotated[
+    int | None, typer.Option("--ray-workers", help="Ray actors (default: one per cluster CPU)")
+]
 
 
 def _set_debug(debug: bool) -> None:
@@ -147,11 +191,18 @@ def parse_seeds(text: str) -> list[int]:
 
 def print_results(results: dict[str, Any]) -> None:
     """Print the results table."""
+    from rich.markup import escape
+
+    from eval.fallbacks import HEADER as FALLBACK_HEADER
+    from eval.fallbacks import degraded_lines
     from eval.report import table_rows
 
     rows = table_rows(results)
     keep = ["method", "Len", "R_each", "R_traj", "% oracle", "LLM calls/ep", "s/ep"]
-    if any(r[-1] != "0" for r in rows[1:]):
+    if any(m["kind"] == "llm" for m in results["methods"].values()):
+        keep += FALLBACK_HEADER  # an LLM method's numbers are only its own without fallbacks
+    failed = rows[0].index("failed")
+    if any(r[failed] != "0" for r in rows[1:]):
         keep.append("failed")
     index = [rows[0].index(k) for k in keep]
     rows = [[r[i] for i in index] for r in rows]
@@ -171,16 +222,23 @@ def print_results(results: dict[str, Any]) -> None:
     out.print(table)
     backend = results["backend"].replace("**", "").replace("`", "")
     out.print(f"LLM backend: {backend}", highlight=False)
+    for line in degraded_lines(results):
+        out.print(f"[bold red]degraded[/]: {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def experiment(
     methods: list[str], out_dir: Path | None, *, step_pause: float = 0.0, **opts: Any
 ) -> None:
     """Build the environment, run (or resume) the experiment, render and print the results."""
+    from eval.executor import make_executor
     from eval.experiment import Experiment
+    from eval.html_report import write_html
     from eval.protocol import RunConfig
     from eval.report import render
 
+    executor = make_executor(
+        opts.pop("executor", "local"), opts.pop("ray_address", None), opts.pop("ray_workers", None)
+    )
     dataset = opts.pop("dataset") or default_dataset()
     data_dir = opts.pop("data_dir")
     config = RunConfig(
@@ -213,8 +271,11 @@ def experiment(
                 else:
                     bar.update(tasks[method], completed=done)
 
-            timings = Experiment(config, run_dir, progress=progress, step_pause=step_pause).run()
+            timings = Experiment(
+                config, run_dir, progress=progress, step_pause=step_pause, executor=executor
+            ).run()
         results, files = render(run_dir)
+        files.append(write_html(run_dir, results))
     print_results(results)
     spent = ", ".join(f"{m} {s:.1f}s" for m, s in timings.items())
     console.print(f"wall time this run: {spent}")
@@ -222,6 +283,7 @@ def experiment(
     if failed:
         console.print(f"[yellow]warning[/]: {failed} episode(s) failed; see results.csv")
     console.print(f"results in {run_dir}: " + ", ".join(p.name for p in files))
+    console.print(f"HTML report (open in a browser): {files[-1].resolve().as_uri()}")
 
 
 @app.command()
@@ -231,8 +293,8 @@ def run(
         typer.Option(
             "--method",
             "-m",
-            help="billp, reflexion, react, actonly, random, popularity, itemcf, oracle, a2c, "
-            "dqn or ppo",
+            help="billp, billp-nomacro, billp-nomicro, reflexion, react, actonly, random, "
+            "popularity, itemcf, oracle, a2c, dqn or ppo",
         ),
     ],
     dataset: DatasetOpt = None,
@@ -248,13 +310,21 @@ def run(
     grounding: GroundOpt = "free",
     critic: CriticOpt = "llm",
     max_steps: MaxStepsOpt = 50,
-    temperature: TempOpt = 0.0,
+    temperature: TempOpt = 0.5,
+    hint_rule: HintRuleOpt = "derived",
+    actor_quantile: ActorQOpt = 0.5,
+    critic_quantile: CriticQOpt = 0.25,
+    explore: ExploreOpt = True,
     train_batch: BatchOpt = 10,
     cache: CacheOpt = None,
     cache_dir: CacheDirOpt = None,
     retries: RetriesOpt = 2,
-    rl_steps: RLStepsOpt = 100_000,
+    rl_steps: RLStepsOpt = 250_000,
     env_seed: EnvSeedOpt = 0,
+    memory_backend: MemBackendOpt = "faiss",
+    executor: ExecOpt = "local",
+    ray_address: RayAddrOpt = None,
+    ray_workers: RayWorkersOpt = None,
     debug: DebugOpt = False,
     step_pause: PauseOpt = 0.0,
 ) -> None:
@@ -288,13 +358,21 @@ def compare(
     grounding: GroundOpt = "free",
     critic: CriticOpt = "llm",
     max_steps: MaxStepsOpt = 50,
-    temperature: TempOpt = 0.0,
+    temperature: TempOpt = 0.5,
+    hint_rule: HintRuleOpt = "derived",
+    actor_quantile: ActorQOpt = 0.5,
+    critic_quantile: CriticQOpt = 0.25,
+    explore: ExploreOpt = True,
     train_batch: BatchOpt = 10,
     cache: CacheOpt = None,
     cache_dir: CacheDirOpt = None,
     retries: RetriesOpt = 2,
-    rl_steps: RLStepsOpt = 100_000,
+    rl_steps: RLStepsOpt = 250_000,
     env_seed: EnvSeedOpt = 0,
+    memory_backend: MemBackendOpt = "faiss",
+    executor: ExecOpt = "local",
+    ray_address: RayAddrOpt = None,
+    ray_workers: RayWorkersOpt = None,
     debug: DebugOpt = False,
     step_pause: PauseOpt = 0.0,
 ) -> None:
@@ -312,14 +390,17 @@ RunOpt = Annotated[Path, typer.Option("--run", help="A run directory (the --out 
 
 @app.command()
 def report(run_dir: RunOpt, debug: DebugOpt = False) -> None:
-    """Re-render the table and plots of a run from its saved episodes."""
+    """Re-render the table, plots and HTML report of a run from its saved episodes."""
+    from eval.html_report import write_html
     from eval.report import render
 
     _set_debug(debug)
     with friendly_errors():
         results, files = render(run_dir)
+        files.append(write_html(run_dir, results))
     print_results(results)
     console.print(f"written: {', '.join(str(p) for p in files)}")
+    console.print(f"HTML report (open in a browser): {files[-1].resolve().as_uri()}")
 
 
 @app.command()
@@ -353,25 +434,31 @@ def demo(
     data_dir: DataDirOpt = None,
     llm: LLMOpt = "local",
     embeddings: EmbOpt = "minilm",
-    train_users: TrainOpt = 3,
+    train_users: TrainOpt = 4,
     test_users: TestOpt = 3,
-    max_steps: MaxStepsOpt = 8,
+    max_steps: MaxStepsOpt = 6,
+    train_batch: BatchOpt = 2,
+    grounding: GroundOpt = "shortlist",
     out_dir: OutOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Train then test BiLLP with the embedded local model; compare with the reference policies.
+    """Train then test BiLLP and Reflexion with the embedded local model, beside the reference
+    policies, on the same users; write the results table and the HTML report.
 
-    The default budget (3 training users, 3 test users, at most 8 steps, one seed) is sized for
-    2 CPU cores: the embedded model spends ~0.3-5 s per call and BiLLP makes ~3 calls per step.
+    The default budget (4 training users in 2 batches, 3 test users, at most 6 steps, one seed)
+    is sized for 2 CPU cores: the embedded model spends ~0.3-5 s per call and BiLLP makes ~3
+    calls per step. Reflexion on the same users shows what BiLLP's micro memories add.
     """
     _set_debug(debug)
     name = dataset or default_dataset()
     console.print(
-        f"[bold]BiLLP demo[/] on {name}: BiLLP ({llm}) learns from {train_users} training users, "
-        f"then meets {test_users} held-out users with frozen memories (at most {max_steps} "
-        f"recommendations each); random, popularity, itemcf and the oracle ceiling play the "
-        "same users."
+        f"[bold]BiLLP demo[/] on {name}: BiLLP and Reflexion ({llm}) learn from {train_users} "
+        f"training users, then meet {test_users} held-out users with frozen memories (at most "
+        f"{max_steps} recommendations each); random, popularity, itemcf and the oracle ceiling "
+        "play the same users."
     )
+    if llm == "local":
+        console.print(EMBEDDED_MODEL_LINE, highlight=False)
     with friendly_errors(out_dir):
         experiment(
             DEMO_METHODS,
@@ -381,7 +468,9 @@ def demo(
             llm=llm,
             embeddings=embeddings,
             train_users=train_users,
+            train_batch=train_batch,
             test_users=test_users,
+            grounding=grounding,
             seeds="0",
             concurrency=2,
             max_steps=max_steps,

@@ -34,10 +34,21 @@ InteractionsOpt = Annotated[
     Path | None, typer.Option("--interactions", help="csv dataset: user,item[,rating][,timestamp]")
 ]
 ItemsOpt = Annotated[Path | None, typer.Option("--items", help="csv dataset: item,title[,genres]")]
+LoggedOpt = Annotated[
+    str,
+    typer.Option(
+        "--logged-items",
+        help="exclude: never recommend a user's own logged items (default); allow: reference-style",
+    ),
+]
 
 
 def env_config(
-    dataset: str | None, seed: int, interactions: Path | None, items: Path | None
+    dataset: str | None,
+    seed: int,
+    interactions: Path | None,
+    items: Path | None,
+    logged_items: str = "exclude",
 ) -> EnvConfig:
     """Return the build config of the env commands (csv paths become loader options)."""
     options = {}
@@ -45,7 +56,16 @@ def env_config(
         options["interactions"] = str(interactions)
     if items is not None:
         options["items"] = str(items)
-    return EnvConfig(dataset=dataset or default_dataset(), seed=seed, dataset_options=options)
+    try:
+        return EnvConfig(
+            dataset=dataset or default_dataset(),
+            seed=seed,
+            dataset_options=options,
+            logged_items=logged_items,  # type: ignore[arg-type]
+        )
+    except ValueError as err:
+        fail(str(err))
+        raise
 
 
 def debug_enabled() -> bool:
@@ -87,9 +107,11 @@ def print_card(card: dict) -> None:
         ("interactions (negatives)", f"{card['n_interactions']:,} ({card['n_negatives']:,})"),
         ("train / test users", f"{card['n_train_users']:,} / {card['n_test_users']:,}"),
         ("user model", f"{um['kind']}: AUC {um['auc']:.3f}, HR@10 {um['hr_at_10']:.3f}"),
+        ("popularity (same check)", _popularity_text(um)),
         ("train model", f"AUC {card['train_user_model']['auc']:.3f}"),
         ("tau", f"{card['tau']:.4f} (p{card['tau_percentile']:g} of item distances)"),
         ("window / max steps", f"{card['window']} / {card['max_steps']}"),
+        ("logged items", _logged_text(card.get("logged_items"))),
         ("ratings of held-out positives", _hist(card["rating_hist"]["positives"])),
         ("ratings of random items", _hist(card["rating_hist"]["random"])),
     ]
@@ -103,6 +125,32 @@ def print_card(card: dict) -> None:
         label = f"{name} (ceiling)" if name == "oracle" else name
         table.add_row(label, f"{m['len']:.2f}", f"{m['r_each']:.3f}", f"{m['r_traj']:.2f}")
     out.print(table)
+    gap = card.get("planning_gap")
+    if gap:
+        planning = Table(title="Planning gap: truth-greedy without planning vs the oracle")
+        for col in ("policy", "Len", "R_traj"):
+            planning.add_column(col, justify="right" if col != "policy" else "left")
+        labels = {"myopic": "myopic (ignores the similarity rule)", "oracle": "oracle"}
+        for name, label in labels.items():
+            planning.add_row(label, f"{gap[name]['len']:.2f}", f"{gap[name]['r_traj']:.2f}")
+        out.print(planning)
+    if card.get("verdict"):
+        out.print(f"verdict: {card['verdict']}", highlight=False, soft_wrap=True)
+
+
+def _logged_text(mode: str | None) -> str:
+    if mode == "exclude":
+        return "exclude (a user's own logged items are never recommended)"
+    if mode == "allow":
+        return "allow (logged items may be recommended: echoing the log is rewarded)"
+    return "unknown (built before this setting existed)"
+
+
+def _popularity_text(user_model: dict) -> str:
+    if "popularity_auc" not in user_model:
+        return "not measured"
+    margin = user_model["auc"] - user_model["popularity_auc"]
+    return f"AUC {user_model['popularity_auc']:.3f} (model margin {margin:+.3f})"
 
 
 def _hist(hist: dict) -> str:
@@ -118,9 +166,10 @@ def env_build(
     rebuild: Annotated[bool, typer.Option(help="Ignore the cache")] = False,
     interactions: InteractionsOpt = None,
     items: ItemsOpt = None,
+    logged_items: LoggedOpt = "exclude",
 ) -> None:
     """Build (or load from cache) a dataset's train and test environments."""
-    config = env_config(dataset, seed, interactions, items)
+    config = env_config(dataset, seed, interactions, items, logged_items)
     bundle = build_with_progress(config, data_dir, rebuild)
     console.print(f"environment ready: {bundle.path}")
     print_card(bundle.card)
@@ -134,9 +183,10 @@ def env_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON")] = False,
     interactions: InteractionsOpt = None,
     items: ItemsOpt = None,
+    logged_items: LoggedOpt = "exclude",
 ) -> None:
     """Print a dataset's environment card (building it first if needed)."""
-    config = env_config(dataset, seed, interactions, items)
+    config = env_config(dataset, seed, interactions, items, logged_items)
     bundle = build_with_progress(config, data_dir, rebuild=False)
     if as_json:
         out.print_json(json.dumps(bundle.card))

@@ -16,7 +16,9 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from eval.audit import check_hints
 from eval.cache import CACHE_FILE, LLMCache, install_cache
+from eval.executor import Executor, LocalExecutor
 from eval.log import EpisodeLog
 from eval.protocol import (
     CHECKPOINTS_FILE,
@@ -31,7 +33,7 @@ from eval.protocol import (
     restore_memory,
     select_users,
 )
-from eval.runner import llm_record, play_policy, run_llm_episode
+from eval.runner import llm_record, play_policy
 from graph import build_graph
 from nodes.resources import clear_cache, env_bundle, get_resources
 from simulator.build import EnvBundle
@@ -50,8 +52,11 @@ class Experiment:
         *,
         progress: Progress | None = None,
         step_pause: float = 0.0,
+        executor: Executor | None = None,
     ) -> None:
         self.config = config.validate()
+        self.executor: Executor = executor or LocalExecutor()
+        """Where episodes run (`eval.executor`); the protocol stays here either way."""
         self.dir = RunDir(run_dir)
         self.progress = progress or (lambda method, done, total: None)
         self.step_pause = step_pause
@@ -103,6 +108,7 @@ class Experiment:
         if REFERENCE not in methods:
             methods.append(REFERENCE)  # the % of oracle reference
         try:
+            await self.executor.open(self)
             async with AsyncSqliteSaver.from_conn_string(
                 str(self.dir.path / CHECKPOINTS_FILE)
             ) as saver:
@@ -117,6 +123,7 @@ class Experiment:
                     self.timings[method] = time.perf_counter() - started
                     self.dir.add_time(method, self.timings[method])
         finally:
+            await self.executor.close()
             if self._cache is not None:
                 self._cache.close()
         return self.timings
@@ -160,6 +167,7 @@ class Experiment:
             self.progress(method, len(self.log.select(method=method)), None)
 
     async def _llm_method(self, method: str, bundle: EnvBundle, saver: Any) -> None:
+        await saver.setup()  # idempotent; an executor whose episodes run elsewhere never did it
         extra = {}
         if self.step_pause:
             pause = self.step_pause
@@ -191,7 +199,7 @@ class Experiment:
             split: c.context(seed=seed, split=split, memory_dir=memory_dir)
             for split in ("train", "test")
         }
-        resources = {split: get_resources(ctx) for split, ctx in contexts.items()}
+        resources = {split: get_resources(ctx, method) for split, ctx in contexts.items()}
         if self._cache is not None:
             for res in resources.values():
                 install_cache(res, c.llm, self._cache, c.temperature, seed)
@@ -216,8 +224,8 @@ class Experiment:
             ) -> None:
                 thread = f"{method}/{seed}/{phase}/{user}"
                 async with gate:
-                    outcome = await run_llm_episode(
-                        graph, ctx, user=user, thread_id=thread, retries=c.retries
+                    outcome = await self.executor.run_episode(
+                        graph, ctx, method=method, user=user, thread_id=thread, retries=c.retries
                     )
                 learning = "train" if phase == "train" else c.learning
                 record = llm_record(
@@ -231,6 +239,8 @@ class Experiment:
                     batch=batch_no,
                     learning=learning,
                 )
+                if phase == "test":  # was each fired hint right? (ground truth; eval.audit)
+                    check_hints(resources["test"], record, c.max_steps)
                 self.log.append(record)
                 await saver.adelete_thread(thread)
                 self.progress(method, len(self.log.select(method=method)), None)

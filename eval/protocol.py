@@ -41,14 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from graph import VARIANTS, Context
+from graph import LEARNING_VARIANTS, VARIANTS, Context
 from nodes.lessons import learn_episode
 from simulator.files import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 LLM_METHODS: tuple[str, ...] = VARIANTS
-LEARNING_METHODS: tuple[str, ...] = ("billp", "reflexion")
+LEARNING_METHODS: tuple[str, ...] = LEARNING_VARIANTS
 CONFIG_FILE = "config.json"
 CHECKPOINTS_FILE = "checkpoints.sqlite"
 TIMINGS_FILE = "timings.json"
@@ -88,15 +88,25 @@ class RunConfig:
     continual: bool = False
     grounding: str = "free"
     critic: str = "llm"
-    temperature: float = 0.0
-    """0 makes answers a function of the prompt (reproducible, cacheable); the paper used 0.5."""
+    memory_backend: str = "faiss"
+    """faiss (files) or store (a LangGraph store: Postgres at $BILLP_STORE_URI, else in memory)."""
+    temperature: float = 0.5
+    """The paper's 0.5. Still reproducible: every call's sampling seed is derived from (seed,
+    user, step, role) (`nodes.draws`), and the LLM cache keys on it."""
     gamma: float = 0.5
+    hint_rule: str = "derived"
+    """When a remembered state hints (`memory.rules`): derived (per embedding) or reference."""
+    actor_quantile: float = 0.5
+    critic_quantile: float = 0.25
+    explore: bool = True
+    """The reference's per-step exploration hint in every LLM method's actor prompt."""
     train_batch: int = 10
-    rl_steps: int = 100_000
+    rl_steps: int = 250_000
+    """RL training budget in env steps: the learning curves plateau by ~225k (BENCHMARKS.md)."""
     concurrency: int = 4
     retries: int = 2
     cache: bool | None = None
-    """None: cache LLM answers only at temperature 0."""
+    """None: cache LLM answers (keyed on prompt, model, temperature and the per-call seed)."""
     cache_dir: str | None = None
     """Where the LLM cache lives (default: the run directory)."""
 
@@ -120,6 +130,10 @@ class RunConfig:
             (self.temperature >= 0, "--temperature must be >= 0"),
             (self.grounding in ("free", "shortlist"), "--grounding is free or shortlist"),
             (self.critic in ("llm", "learned"), "--critic is llm or learned"),
+            (self.memory_backend in ("faiss", "store"), "--memory-backend is faiss or store"),
+            (self.hint_rule in ("derived", "reference"), "--hint-rule is derived or reference"),
+            (0 < self.actor_quantile <= 1, "--actor-quantile must be in (0, 1]"),
+            (0 < self.critic_quantile <= 1, "--critic-quantile must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -128,8 +142,8 @@ class RunConfig:
 
     @property
     def cache_enabled(self) -> bool:
-        """Whether LLM answers are cached (default: only at temperature 0)."""
-        return self.temperature == 0 if self.cache is None else self.cache
+        """Whether LLM answers are cached (default: yes; every call's seed is in its key)."""
+        return True if self.cache is None else self.cache
 
     @property
     def learning(self) -> str:
@@ -160,12 +174,17 @@ class RunConfig:
             llm=self.llm,
             embeddings=self.embeddings,
             memory_dir=str(memory_dir) if memory_dir else None,
+            memory_backend=self.memory_backend,  # type: ignore[arg-type]
             learn=False,  # lessons are written after each batch by learn_from
             gamma=self.gamma,
             max_steps=self.max_steps,
             temperature=self.temperature,
             grounding=self.grounding,  # type: ignore[arg-type]
             critic=self.critic,  # type: ignore[arg-type]
+            hint_rule=self.hint_rule,  # type: ignore[arg-type]
+            actor_quantile=self.actor_quantile,
+            critic_quantile=self.critic_quantile,
+            explore=self.explore,
             seed=seed,
         )
 
@@ -243,6 +262,8 @@ class RunDir:
         env = {
             "environment": Path(bundle.path).name if bundle.path else None,
             "manifest_sha256": sha256_file(manifest) if manifest and manifest.is_file() else None,
+            # Whether the user's own logged items could be recommended (issue 11): it moves scores.
+            "logged_items": getattr(bundle.config, "logged_items", None),
         }
         file = self.path / ENVIRONMENT_FILE
         if file.is_file():

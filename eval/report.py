@@ -14,9 +14,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+from eval.audit import learning_block
+from eval.fallbacks import HEADER as FALLBACK_HEADER
+from eval.fallbacks import cells as fallback_cells
+from eval.fallbacks import degradation, degraded_lines
 from eval.log import EPISODES_FILE, EpisodeLog
 from eval.metrics import QUIT_REASONS, cumulative_rewards, oracle_mean, summarize_method
-from eval.protocol import CONFIG_FILE, LLM_METHODS, TIMINGS_FILE, RunConfig
+from eval.protocol import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    LEARNING_METHODS,
+    LLM_METHODS,
+    TIMINGS_FILE,
+    RunConfig,
+)
 from simulator.files import atomic_write_bytes
 
 RESULTS_JSON = "results.json"
@@ -58,6 +69,7 @@ def summarize(config: RunConfig, records: list[dict[str, Any]], timings: dict) -
     """Return the results.json object of a run."""
     test = [r for r in records if r["phase"] == "test"]
     oracle_r = oracle_mean([r for r in test if r["method"] == "oracle"])
+    llm_methods = [m for m in config.methods if m in LLM_METHODS]
     methods = {}
     for method in config.methods:
         entry = summarize_method([r for r in test if r["method"] == method], oracle_r)
@@ -66,6 +78,11 @@ def summarize(config: RunConfig, records: list[dict[str, Any]], timings: dict) -
             1 for r in records if r["method"] == method and r["phase"] == "train"
         )
         entry["wall_seconds"] = timings.get(method)
+        mine = [r for r in records if r["method"] == method]
+        train = [r for r in mine if r["phase"] == "train"]
+        entry.update(degradation([r for r in mine if r["phase"] == "test"], train))
+        if method in LEARNING_METHODS:
+            entry["learning"] = learning_block(method, records, llm_methods, config.to_dict())
         methods[method] = entry
     return {
         "config": config.to_dict(),
@@ -97,7 +114,16 @@ def _num(value: float | None, digits: int = 1) -> str:
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     """Return the rows of the results table (header first), shared by markdown and the CLI."""
     header = ["method", "kind", "Len", "R_each", "R_traj", "% oracle", "episodes"]
-    header += ["LLM calls/ep", "tokens/ep", "s/ep", "replaced", "failed"]
+    header += [
+        "LLM calls/ep",
+        "tokens/ep",
+        "s/ep",
+        "replaced",
+        *FALLBACK_HEADER,
+        "failed",
+        "actor hint",
+        "critic hint",
+    ]
     rows = [header]
     for name in ordered(results):
         m = results["methods"][name]
@@ -119,10 +145,59 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                 _num(tokens, 0) if llm else "–",
                 _num(m["seconds_per_episode"], 3),
                 f"{100 * replaced:.0f}%" if llm and replaced is not None else "–",
+                *fallback_cells(m),
                 str(m["failed_episodes"]),
+                *_hint_cells(m.get("learning")),
             ]
         )
     return rows
+
+
+def _hint_cells(learning: dict[str, Any] | None) -> list[str]:
+    """Return the actor and critic hint rates of a learning method ('–' for the others)."""
+    if not learning:
+        return ["–", "–"]
+    return [_pct(learning.get("actor_hint_rate")), _pct(learning.get("critic_hint_rate"))]
+
+
+def _pct(share: float | None) -> str:
+    return "–" if share is None else f"{100 * share:.0f}%"
+
+
+def learning_lines(results: dict[str, Any]) -> list[str]:
+    """Return results.md's audit of the learning methods: rule, fire rates, precision, diffs."""
+    rows = [(n, m["learning"]) for n, m in results["methods"].items() if m.get("learning")]
+    if not rows:
+        return []
+    lines = [
+        "## Learning audit (test episodes)",
+        "",
+        "Hint precision: share of hinted items the test env's ground truth would accept at that "
+        "step, for items labelled + and -. Differs: share of shared (user, seed) episodes whose "
+        "items differ from the other method's.",
+        "",
+        "| method | rule | actor hint | critic hint | reflections/ep | precision + (n) "
+        "| precision - (n) | differs from |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, a in rows:
+        rule = a["rule"]
+        rule_text = rule["kind"]
+        if rule["kind"] == "derived":
+            rule_text += f" q={rule['actor_quantile']:g}/{rule['critic_quantile']:g}"
+            if a.get("actor_radius") is not None:
+                rule_text += f", r={a['actor_radius']:.3f}"
+        p = a["hint_precision"]
+        diffs = ", ".join(f"{m} {_pct(v)}" for m, v in a["differs_from"].items()) or "–"
+        refl = a.get("reflections_per_episode")
+        lines.append(
+            f"| {name} | {rule_text} | {_pct(a['actor_hint_rate'])} "
+            f"| {_pct(a['critic_hint_rate'])} | {_num(refl, 2)} "
+            f"| {_pct(p['plus'])} ({p['n_plus']}) | {_pct(p['minus'])} ({p['n_minus']}) "
+            f"| {diffs} |"
+        )
+    lines.append("")
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -140,15 +215,20 @@ def markdown(results: dict[str, Any]) -> str:
         f"{c['train_batch']}), {c['test_users']} test users per seed, seeds {seeds}, "
         f"at most {c['max_steps']} steps per episode",
         f"- test-phase memories: {learning}",
+        f"- logged items: `{(results.get('environment') or {}).get('logged_items') or 'unknown'}`"
+        " (exclude: no user is ever recommended an item from their own logged history)",
         f"- mean ± {ci}; % oracle = mean R_traj / the oracle's (a ceiling that reads the truth) "
         "on the same users",
         "",
     ]
+    for line in degraded_lines(results):  # above the table: these rows are not the model's
+        lines += [f"**degraded**: {line}", ""]
     rows = table_rows(results)
     lines.append("| " + " | ".join(rows[0]) + " |")
     lines.append("|" + "|".join("---" for _ in rows[0]) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     lines.append("")
+    lines += learning_lines(results)
     return "\n".join(lines)
 
 
@@ -233,6 +313,8 @@ def render(run_dir: str | Path) -> tuple[dict[str, Any], list[Path]]:
     timings_file = run_dir / TIMINGS_FILE
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     results = summarize(config, records, timings)
+    env_file = run_dir / ENVIRONMENT_FILE  # which built env, and its logged_items setting
+    results["environment"] = json.loads(env_file.read_text()) if env_file.is_file() else None
     # Not sorted: methods stay in the order they were asked for.
     text = json.dumps(results, indent=2, allow_nan=False)
     atomic_write_bytes(run_dir / RESULTS_JSON, text.encode("utf-8"))

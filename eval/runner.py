@@ -123,6 +123,8 @@ def llm_record(outcome: Outcome, *, titles: Sequence[str], **identity: Any) -> d
     for s in state.get("steps", []):
         step = dict(s)
         step["hint"] = _titled_hint(step.get("actor_hint"), titles)
+        if isinstance(step.get("candidates"), list):  # the HTML report shows the shortlist
+            step["candidate_titles"] = [titles[int(i)] for i in step["candidates"]]
         steps.append(step)
     metrics = episode_metrics(steps)
     usage = usage_totals(state.get("usage"))

@@ -4,8 +4,16 @@ from graph import build_graph, Context
 result = build_graph().invoke({"user_id": 0}, context=Context(llm="scripted"))
 """
 
-from graph.builder import VARIANTS, build_graph, make_builder
+from graph.builder import LEARNING_VARIANTS, VARIANTS, build_graph, make_builder
 from graph.context import Context
 from graph.state import InputState, State
 
-__all__ = ["VARIANTS", "Context", "InputState", "State", "build_graph", "make_builder"]
+__all__ = [
+    "LEARNING_VARIANTS",
+    "VARIANTS",
+    "Context",
+    "InputState",
+    "State",
+    "build_graph",
+    "make_builder",
+]

@@ -7,7 +7,7 @@ objects (environments, models, vector indexes) are built from it once per proces
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -34,25 +34,48 @@ class Context:
     """Embedding spec for memories and grounding: `minilm`, `hashing`, or `openai:MODEL`."""
 
     memory_dir: str | None = None
-    """Folder holding macro/actor/critic memories; default `$BILLP_CACHE/memory/<dataset>`."""
+    """Folder of the macro/actor/critic memories; default one per dataset, embedding and graph
+    variant (`$BILLP_CACHE/memory/<dataset>-<embeddings>-<variant>`), so variants never share."""
 
-    learn: bool = True
-    """Write memories (training); False freezes them (evaluation reads only)."""
+    memory_backend: Literal["faiss", "store"] = "faiss"
+    """Where memories live: `faiss` (files in `memory_dir`), or `store`: a LangGraph store with
+    a vector index (Postgres + pgvector at `$BILLP_STORE_URI`, else in memory), namespaced by
+    dataset, method and seed (`memory.store_backend`); same retrieval and results."""
+
+    learn: bool | None = None
+    """Write memories: True, False (frozen: read only), or None = only when `split` is `train`,
+    so playing the test env never changes what training learnt unless asked."""
 
     gamma: float = 0.5
     """Discount in the advantage A = r + gamma * V(s') - V(s)."""
 
     reflection_k: int = 2
-    """How many reflections the planner is shown (the most similar to the user's history)."""
+    """How many reflections the planner is shown (BiLLP: the most similar to the user's history;
+    Reflexion: sampled at random, as the reference ran it)."""
+
+    hint_rule: Literal["derived", "reference"] = "derived"
+    """When a remembered state is near enough to hint (`memory.rules`): `derived` fires within the
+    quantile below of the distances queries observed, which fits any embedding; `reference` uses
+    the reference's fixed squared-L2 numbers, tuned for its own embedding model."""
+
+    actor_quantile: float = 0.5
+    """Derived rule: the actor hint fires when the nearest state is at most this quantile."""
+
+    critic_quantile: float = 0.25
+    """Derived rule: the critic hint fires when the nearest state is at most this quantile."""
 
     actor_near: float = 0.01
-    """Actor hint used when the nearest stored state's squared L2 distance is below this..."""
+    """Both rules: the actor hint always fires below this squared L2 (a near-identical state)."""
 
-    actor_band: tuple[float, float] = (0.3, 0.5)
-    """...or inside this band (the reference's rule, on unit vectors)."""
+    actor_band: list[float] = field(default_factory=lambda: [0.3, 0.5])
+    """Reference rule only: the actor hint also fires inside this [low, high] squared-L2 band."""
 
     critic_near: float = 0.01
-    """Critic hint used only when the nearest stored state is closer than this (squared L2)."""
+    """Both rules: the critic hint always fires below this squared L2 (a near-identical state)."""
+
+    explore: bool = True
+    """Add the reference's exploration hint to every actor prompt: two genres, drawn per step
+    from those not among the last 4 items' genres."""
 
     max_steps: int = 50
     """Recommendations per episode before it is truncated."""
@@ -73,4 +96,5 @@ class Context:
     """How many of the user's latest logged items the agents are shown."""
 
     seed: int = 0
-    """Seed of the LLM sampling and of any tie-breaking in the run."""
+    """Run seed: every random draw (LLM sampling seed, exploration genres, Reflexion's sample) is
+    derived from (seed, user, step, role), so results do not depend on concurrency."""

@@ -34,7 +34,22 @@ class StepRecord(TypedDict, total=False):
     value: float | None
     advantage: float | None
     actor_hint: dict[str, int] | None
+    """The actor-memory hint shown ({item id: +1/-1}); None when no state was near enough."""
+    hint_distance: float | None
+    """Squared L2 to the nearest remembered actor state, whether or not it was near enough."""
+    hint_radius: float | None
+    """The derived rule's radius when the actor asked (None for the reference rule)."""
+    explore: list[str]
+    """The exploration hint's genres shown to the actor (empty when off)."""
+    candidates: list[int] | None
+    """Shortlist candidates shown to the actor (shortlist mode)."""
+    value_before: float | None
+    """V(s), the critic's value of the state the action was taken in."""
+    target: float | None
+    """The critic's TD target r + gamma * V(s') on its own scale (`nodes.lessons`)."""
     critic_hint: float | None
+    critic_distance: float | None
+    """Squared L2 to the nearest remembered critic state."""
     fallbacks: list[str]
     usage: dict[str, dict[str, float]]
 
@@ -42,6 +57,8 @@ class StepRecord(TypedDict, total=False):
 class State(InputState, total=False):
     """The whole episode. Nodes return only the fields they change."""
 
+    variant: str | None
+    """The graph variant playing (billp, reflexion, ...): its memories' default folder."""
     history: list[int]
     """The user's latest logged items (ids), oldest first: what the agents are shown."""
     reflections: list[str]

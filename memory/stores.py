@@ -5,19 +5,25 @@ thresholds are squared L2 distances between unit vectors (0 = same text, 2 = opp
 the reference implementation. A store opened with `read_only=True` (frozen evaluation) raises
 `ReadOnlyMemoryError` on every write and makes `save()` a no-op, so the same caller code runs in
 both phases and a test run can never alter what training learnt.
+
+When a stored state is near enough to hint is a `memory.rules.HintRule`, passed at call time; the
+sample a derived rule needs (the distances queries saw to their nearest stored state, each seen
+before its own episode's states were stored, i.e. what a new user's query sees) is kept with the
+memory by `observe`, so it is saved, snapshotted and restored with it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from memory.embeddings import Embeddings
+from memory.rules import OBSERVED_KEY, OBSERVED_SIZE, HintRule
 from memory.vector import ENTRIES_FILE, INDEX_FILE, JSON, Hit, VectorMemory
 from simulator.files import sha256_bytes
 
@@ -28,16 +34,24 @@ class _TextStore:
     kind = "store"
 
     def __init__(
-        self, embeddings: Embeddings, path: Path | str | None = None, *, read_only: bool = False
+        self,
+        embeddings: Embeddings,
+        path: Path | str | None = None,
+        *,
+        read_only: bool = False,
+        backend: Any = None,
     ) -> None:
+        # backend: what opens the vector memory (default FAISS; `memory.store_backend` for a
+        # LangGraph store): called like VectorMemory(dim, ...), with VectorMemory.load's .load.
+        opener = backend or VectorMemory
         self.embeddings = embeddings
         self.path = Path(path) if path is not None else None
         meta: dict[str, JSON] = {"kind": self.kind, "embeddings": embeddings.spec}
         adopted = False  # meta given to an empty memory: not on disk yet
         if self.path is None:
-            self.memory = VectorMemory(embeddings.dim, meta=meta, read_only=read_only)
+            self.memory = opener(embeddings.dim, meta=meta, read_only=read_only)
         else:
-            self.memory = VectorMemory.load(self.path, embeddings.dim, read_only=read_only)
+            self.memory = opener.load(self.path, embeddings.dim, read_only=read_only)
             saved = {k: self.memory.meta.get(k) for k in meta}
             if len(self.memory) == 0 and not self.memory.meta:
                 self.memory.meta, adopted = meta, True
@@ -47,6 +61,8 @@ class _TextStore:
                     f"{saved['embeddings']!r}, but a {self.kind} memory with {embeddings.spec!r} "
                     "opened it: use the same embeddings spec, or a new folder"
                 )
+        self._observed_version = 0
+        self._radius_memo: tuple[tuple, float | None] = ((), None)
         # Changed since the files were last written or read? Only then does save() write.
         self._stamp = self._disk_stamp()
         self._dirty = adopted or self._stamp is None
@@ -91,6 +107,50 @@ class _TextStore:
             self._dirty = True
             raise
         self._stamp = self._disk_stamp()
+
+    @property
+    def observed(self) -> list[float]:
+        """Return the nearest-stored distances queries observed (newest last; for `HintRule`)."""
+        values = self.memory.meta.get(OBSERVED_KEY)
+        return [float(v) for v in values] if isinstance(values, list) else []
+
+    def observe(self, distances: Sequence[float | None]) -> None:
+        """Add distances that queries saw to their nearest stored state (kept: the newest 2,000).
+
+        Called when an episode's lessons are written, with its states' distances to the memory
+        as it was before any of them was stored: the sample a derived `HintRule` takes its
+        quantile from (what a state of a user the memory has not seen finds).
+        """
+        fresh = [round(float(d), 6) for d in distances if d is not None and math.isfinite(d)]
+        if not fresh:
+            return
+        self.memory.check_writable()
+        self.memory.meta[OBSERVED_KEY] = [*self.observed, *fresh][-OBSERVED_SIZE:]
+        self._observed_version += 1
+        self._changed()
+
+    async def anearest_distances(self, texts: Sequence[str]) -> list[float]:
+        """Return each text's squared L2 to its nearest stored state (empty if nothing stored)."""
+        if len(self.memory) == 0 or not texts:
+            return []
+        vectors = await self.embeddings.aembed(list(texts))
+        return [hits[0].sq_l2 for hits in self.memory.search(vectors, 1) if hits]
+
+    def radius(self, rule: HintRule) -> float | None:
+        """Return the squared-L2 radius inside which a derived `rule` fires here, or None.
+
+        Cached per observation sample: every step asks, the sample changes once per batch.
+        """
+        if rule.quantile is None:
+            return None
+        key = (self._observed_version, rule.quantile)
+        if self._radius_memo[0] != key:
+            self._radius_memo = (key, rule.radius(self.observed))
+        return self._radius_memo[1]
+
+    def fires(self, sq_l2: float | None, rule: HintRule) -> bool:
+        """Return whether a nearest stored state at `sq_l2` is close enough under `rule`."""
+        return sq_l2 is not None and rule.fires(sq_l2, self.radius(rule))
 
     def _vector(self, text: str) -> np.ndarray:
         return self.embeddings.embed([text])[0]
@@ -149,6 +209,17 @@ class MacroMemory(_TextStore):
             return []
         return self._reflections(await self._avector(query_text), k)
 
+    def sample(self, k: int, rng: np.random.Generator) -> list[str]:
+        """Return `k` reflections drawn at random without replacement (Reflexion's retrieval).
+
+        Entries are drawn in key order, so the same generator state gives the same reflections
+        wherever the memory was loaded. No similarity search is involved.
+        """
+        keys = sorted(self.memory.keys())
+        if len(keys) > k:
+            keys = [keys[i] for i in sorted(rng.choice(len(keys), size=k, replace=False))]
+        return [self.memory.get(key)["reflection"] for key in keys]  # type: ignore[index]
+
 
 @dataclass(frozen=True)
 class ActorHint:
@@ -166,18 +237,12 @@ class CriticHint(NamedTuple):
     sq_l2: float
 
 
-def _check_near(near: float) -> float:
-    if not 0.0 <= near <= 4.0:
-        raise ValueError(f"near is a squared L2 distance in [0, 4], got {near}")
-    return near
-
-
 class ActorMemory(_TextStore):
     """Remember which items turned out well or badly in which state, for the Actor's hint.
 
-    The hint fires when the nearest stored state is near-identical (sq_l2 < `near`) or lies in
-    `band` (inclusive). The band is the reference implementation's rule, kept so results can be
-    compared; pass `band=None` to use near-identical matches only.
+    The hint fires when `HintRule` accepts the nearest stored state's distance. The rule is
+    passed at call time (a run's context decides it); the constructor's `near` / `band` are the
+    default rule, the reference implementation's numbers.
     """
 
     kind = "actor"
@@ -190,12 +255,20 @@ class ActorMemory(_TextStore):
         band: tuple[float, float] | None = (0.3, 0.5),
         *,
         read_only: bool = False,
+        backend: Any = None,
     ) -> None:
-        self.near = _check_near(near)
-        if band is not None and not 0.0 <= band[0] <= band[1] <= 4.0:
-            raise ValueError(f"band must be (low, high) with 0 <= low <= high <= 4, got {band}")
-        self.band = band
-        super().__init__(embeddings, path, read_only=read_only)
+        self.rule = HintRule.reference(near, band)
+        super().__init__(embeddings, path, read_only=read_only, backend=backend)
+
+    @property
+    def near(self) -> float:
+        """Return the default rule's near-identical distance."""
+        return self.rule.near
+
+    @property
+    def band(self) -> tuple[float, float] | None:
+        """Return the default rule's band."""
+        return self.rule.band
 
     @staticmethod
     def _merge(label: str, advantage: float) -> Callable[[JSON | None], JSON]:
@@ -226,25 +299,33 @@ class ActorMemory(_TextStore):
         self.memory.update(state_text, merge, vector=vector)
         self._changed()
 
-    def _accept(self, hit: Hit | None) -> ActorHint | None:
+    @staticmethod
+    def _as_hint(hit: Hit | None) -> ActorHint | None:
         if hit is None:
             return None
-        in_band = self.band is not None and self.band[0] <= hit.sq_l2 <= self.band[1]
-        if hit.sq_l2 < self.near or in_band:
-            return ActorHint(labels=dict(hit.payload), sq_l2=hit.sq_l2, state=hit.key)  # type: ignore[arg-type]
-        return None
+        return ActorHint(labels=dict(hit.payload), sq_l2=hit.sq_l2, state=hit.key)  # type: ignore[arg-type]
 
-    def hint(self, state_text: str) -> ActorHint | None:
-        """Return the nearest stored state's labels when it is close enough, else None."""
+    def nearest(self, state_text: str) -> ActorHint | None:
+        """Return the nearest stored state's labels and distance, however far (None if empty)."""
         if len(self.memory) == 0:
             return None
-        return self._accept(self._nearest(self._vector(state_text)))
+        return self._as_hint(self._nearest(self._vector(state_text)))
 
-    async def ahint(self, state_text: str) -> ActorHint | None:
+    async def anearest(self, state_text: str) -> ActorHint | None:
+        """Return the nearest stored state without blocking the event loop while embedding."""
+        if len(self.memory) == 0:
+            return None
+        return self._as_hint(self._nearest(await self._avector(state_text)))
+
+    def hint(self, state_text: str, rule: HintRule | None = None) -> ActorHint | None:
+        """Return the nearest stored state's labels when `rule` accepts it, else None."""
+        found = self.nearest(state_text)
+        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
+
+    async def ahint(self, state_text: str, rule: HintRule | None = None) -> ActorHint | None:
         """Return the hint without blocking the event loop while embedding."""
-        if len(self.memory) == 0:
-            return None
-        return self._accept(self._nearest(await self._avector(state_text)))
+        found = await self.anearest(state_text)
+        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
 
 
 class CriticMemory(_TextStore):
@@ -259,9 +340,15 @@ class CriticMemory(_TextStore):
         near: float = 0.01,
         *,
         read_only: bool = False,
+        backend: Any = None,
     ) -> None:
-        self.near = _check_near(near)
-        super().__init__(embeddings, path, read_only=read_only)
+        self.rule = HintRule.reference(near)
+        super().__init__(embeddings, path, read_only=read_only, backend=backend)
+
+    @property
+    def near(self) -> float:
+        """Return the default rule's near-exact distance."""
+        return self.rule.near
 
     @staticmethod
     def _payload(target: float) -> JSON:
@@ -286,19 +373,30 @@ class CriticMemory(_TextStore):
         self.memory.update(state_text, lambda _old: payload, vector=vector)
         self._changed()
 
-    def _accept(self, hit: Hit | None) -> CriticHint | None:
-        if hit is None or hit.sq_l2 >= self.near:
+    @staticmethod
+    def _as_hint(hit: Hit | None) -> CriticHint | None:
+        if hit is None:
             return None
         return CriticHint(value=float(hit.payload["value"]), sq_l2=hit.sq_l2)  # type: ignore[index]
 
-    def hint(self, state_text: str) -> CriticHint | None:
-        """Return (value, sq_l2) of the nearest stored state only on a near-exact match."""
+    def nearest(self, state_text: str) -> CriticHint | None:
+        """Return the nearest stored state's value and distance, however far (None if empty)."""
         if len(self.memory) == 0:
             return None
-        return self._accept(self._nearest(self._vector(state_text)))
+        return self._as_hint(self._nearest(self._vector(state_text)))
 
-    async def ahint(self, state_text: str) -> CriticHint | None:
-        """Return the hint without blocking the event loop while embedding."""
+    async def anearest(self, state_text: str) -> CriticHint | None:
+        """Return the nearest stored state without blocking the event loop while embedding."""
         if len(self.memory) == 0:
             return None
-        return self._accept(self._nearest(await self._avector(state_text)))
+        return self._as_hint(self._nearest(await self._avector(state_text)))
+
+    def hint(self, state_text: str, rule: HintRule | None = None) -> CriticHint | None:
+        """Return (value, sq_l2) of the nearest stored state when `rule` accepts it."""
+        found = self.nearest(state_text)
+        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
+
+    async def ahint(self, state_text: str, rule: HintRule | None = None) -> CriticHint | None:
+        """Return the hint without blocking the event loop while embedding."""
+        found = await self.anearest(state_text)
+        return found if found and self.fires(found.sq_l2, rule or self.rule) else None

@@ -13,9 +13,10 @@ from langgraph.runtime import Runtime
 
 from memory.stores import ActorHint
 from nodes import prompts
+from nodes.draws import draw_seed, rng
 from nodes.llms import call_structured
 from nodes.resources import Resources, aget_resources
-from nodes.views import episode_text, history_text, messages, state_key, with_usage
+from nodes.views import actor_rule, episode_text, history_text, messages, state_key, with_usage
 
 
 def hint_text(res: Resources, hint: ActorHint | None) -> str:
@@ -39,6 +40,33 @@ def candidates_text(res: Resources, candidates: list[int]) -> str:
     return prompts.CANDIDATES.format(lines="\n".join(lines))
 
 
+def exploration_genres(res: Resources, state: dict[str, Any], seed: int) -> list[str]:
+    """Return the reference's exploration hint: 2 genres not among the last `window` items' genres.
+
+    Drawn per (seed, user, step), so the same step of the same user always gets the same genres.
+    """
+    recent = state.get("recommended", [])[-res.window :]
+    used = {g for item in recent for g in res.catalogue.genres[item]}
+    pool = [g for g in res.catalogue.all_genres if g not in used]
+    if not pool:
+        return []
+    step = len(state.get("recommended", []))
+    draw = rng(seed, int(state["user_id"]), step, "explore")
+    picks = draw.choice(len(pool), size=min(2, len(pool)), replace=False)
+    return [pool[i] for i in sorted(int(p) for p in picks)]
+
+
+def _unshown(hint: ActorHint | None, recommended: list[int]) -> ActorHint | None:
+    """Drop labels of items this episode already recommended: they cannot be recommended again
+    (grounding excludes them; a repeat quits), so they would only crowd the prompt. None if
+    nothing is left: the prompt then carries no hint."""
+    if hint is None:
+        return None
+    shown = {str(i) for i in recommended}
+    labels = {k: v for k, v in hint.labels.items() if k not in shown}
+    return ActorHint(labels=labels, sq_l2=hint.sq_l2, state=hint.state) if labels else None
+
+
 def make_actor(use_memory: bool) -> Any:
     """Return the actor node; `use_memory` adds the actor-memory hint (BiLLP's micro level)."""
 
@@ -51,24 +79,31 @@ def make_actor(use_memory: bool) -> Any:
 
 async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, Any]:
     """Choose and ground the next item (the actor node's body)."""
-    res = await aget_resources(ctx)
+    res = await aget_resources(ctx, state.get("variant"))
     recommended = state.get("recommended", [])
-    hint = await res.memories.actor.ahint(state_key(res, state)) if use_memory else None
+    user_id, step = int(state["user_id"]), len(recommended)
+    # The nearest remembered state, however far: its distance is recorded (the audit and the
+    # derived hint rule need it); it becomes a hint only when the rule accepts it.
+    nearest = await res.memories.actor.anearest(state_key(res, state)) if use_memory else None
+    rule = actor_rule(ctx)
+    fired = nearest is not None and res.memories.actor.fires(nearest.sq_l2, rule)
+    hint = _unshown(nearest, recommended) if fired else None
+    explore = exploration_genres(res, state, ctx.seed) if ctx.explore else []
     shortlist = ctx.grounding == "shortlist"
     k = ctx.shortlist_k if shortlist else 1
-    candidates = res.candidates.shortlist(
-        state["user_id"], state.get("history", []), recommended, k
-    )
+    candidates = res.candidates.shortlist(user_id, state.get("history", []), recommended, k)
     user = prompts.ACTOR_USER.format(
         history=history_text(res, state),
         episode=episode_text(res, state),
         thought=prompts.quote(state.get("thought") or "(no plan: choose freely)"),
         hint=hint_text(res, hint),
+        explore=prompts.explore_line(explore),
         candidates=candidates_text(res, candidates) if shortlist else "",
     )
     system = prompts.ACTOR_SHORTLIST_SYSTEM if shortlist else prompts.ACTOR_SYSTEM
     schema = prompts.shortlist_schema(len(candidates)) if shortlist else prompts.TitleChoice
-    result = await call_structured(res.llm, messages(system, user), schema)
+    seed = draw_seed(ctx.seed, user_id, step, "actor")
+    result = await call_structured(res.llm, messages(system, user), schema, seed=seed)
     action, grounded = "", None
     if result.ok and result.value is not None:
         if shortlist:
@@ -78,7 +113,7 @@ async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, An
             title = res.catalogue.titles[item]
             grounded = {"item": item, "title": title, "match": "shortlist", "replaced": False}
         elif action := result.value.title.strip():
-            grounded = await _ground(res, action, recommended)
+            grounded = await _ground(res, action, recommended, int(state["user_id"]))
     fallback = grounded is None
     if fallback:
         item = candidates[0]
@@ -93,6 +128,10 @@ async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, An
         thought=state.get("thought", ""),
         action=action,
         actor_hint=dict(hint.labels) if hint else None,
+        hint_distance=round(nearest.sq_l2, 6) if nearest else None,
+        hint_radius=res.memories.actor.radius(rule) if use_memory else None,
+        explore=explore,
+        candidates=list(candidates) if shortlist else None,
         **grounded,
     )
     return {
@@ -102,8 +141,9 @@ async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, An
     }
 
 
-async def _ground(res: Resources, answer: str, recommended: list[int]) -> dict[str, Any]:
-    exclude = set(recommended)
+async def _ground(res: Resources, answer: str, recommended: list[int], user: int) -> dict[str, Any]:
+    # Never an item of this episode, nor one the user logged when the env excludes them.
+    exclude = res.bundle.excluded(user) | set(recommended)
     match = res.catalogue.index.match(answer, exclude)
     if match is None:
         vector = (await res.catalogue.embeddings.aembed([answer]))[0]

@@ -3,7 +3,8 @@
 Built from the training logs only (never the ground-truth model): item-CF co-occurrence with the
 user's history and this episode's items, items that would look too similar to the last
 recommendations (under the training model's own item vectors) pushed back, and genre
-diversification so the shortlist offers the planner real choices.
+diversification so the shortlist offers the planner real choices. Items the user logged never
+enter it when the env excludes them (`EnvConfig.logged_items`), so neither does any fallback.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CandidateGenerator:
         self.tau = bundle.train_tau * LEARNER_TAU_MARGIN
         self.window = bundle.config.window
         self.lead_genre = [g[0] if len(g) else "" for g in bundle.dataset.items["genres"]]
+        self.excluded = bundle.excluded  # user -> items they may never be recommended
 
     def scores(self, history: Sequence[int], recommended: Sequence[int]) -> torch.Tensor:
         """Return each item's co-occurrence score with the history and this episode's items."""
@@ -74,11 +76,16 @@ class CandidateGenerator:
     def shortlist(
         self, user: int, history: Sequence[int], recommended: Sequence[int], k: int
     ) -> list[int]:
-        """Return `k` distinct items not yet recommended, best first, diversified by genre."""
-        del user  # ranking uses the shown history; the argument keeps the call site explicit
+        """Return `k` distinct items, best first, diversified by genre.
+
+        Never an item recommended this episode, nor one excluded for `user` (their logged
+        history under `logged_items="exclude"`); the ranking itself uses the shown history.
+        """
         scores = self.scores(history, recommended)
+        banned = [*recommended, *self.excluded(user)]
+        if banned:
+            scores[torch.as_tensor(banned, dtype=torch.long)] = -math.inf
         if recommended:
-            scores[torch.as_tensor(list(recommended))] = -math.inf
             dist = torch.from_numpy(self.distance_to(recommended[-self.window :]))
             scores = torch.where(dist < self.tau, scores - 1e3, scores)  # would likely quit
         available = int(torch.isfinite(scores).sum())

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 
+from nodes.draws import rng
 from nodes.resources import aget_resources
 from nodes.views import history_text
 from simulator.rules import judge
 
+Reflections = Literal["similar", "random", "none"]
 
-def make_start(use_reflections: bool) -> Any:
-    """Return the start node; `use_reflections` retrieves macro-memory reflections (top-k)."""
+
+def make_start(reflections: Reflections, variant: str | None = None) -> Any:
+    """Return the start node of a graph variant.
+
+    `reflections`: `similar` retrieves the top-k reflections most similar to the user's history
+    (BiLLP's macro level); `random` samples k at random, seeded per (run seed, user) (Reflexion
+    as the reference ran it: no similarity retrieval); `none` shows none. `variant` names the
+    graph, so its memories live in their own default folder (`nodes.resources.memory_path`).
+    """
 
     async def start(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
         """Validate the user, show their latest history, and retrieve reflections."""
         ctx = runtime.context
-        res = await aget_resources(ctx)
+        res = await aget_resources(ctx, variant)
         if "user_id" not in state:
             raise ValueError('the input needs a "user_id" (a dataset user id, e.g. {"user_id": 0})')
         user = int(state["user_id"])
         res.ratings_of(user)  # validates the id early, with a clear message
         update: dict[str, Any] = {
             "user_id": user,
+            "variant": variant,
             "history": res.history_of(user, ctx.history_len),
             "recommended": [],
             "rewards": [],
@@ -34,9 +44,12 @@ def make_start(use_reflections: bool) -> Any:
             "quit_reason": None,
             "reflection": None,
         }
-        if use_reflections:
+        macro = res.memories.macro
+        if reflections == "similar":
             query = history_text(res, update)
-            update["reflections"] = await res.memories.macro.aretrieve(query, ctx.reflection_k)
+            update["reflections"] = await macro.aretrieve(query, ctx.reflection_k)
+        elif reflections == "random":
+            update["reflections"] = macro.sample(ctx.reflection_k, rng(ctx.seed, user, 0, "macro"))
         return update
 
     return start
@@ -48,7 +61,7 @@ def make_user(closes_step: bool) -> Any:
     async def user(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
         """Show the pending item to the simulated user: rating, reward, and whether they stay."""
         ctx = runtime.context
-        res = await aget_resources(ctx)
+        res = await aget_resources(ctx, state.get("variant"))
         pending = dict(state["pending"])
         recommended = state.get("recommended", [])
         item = int(pending["item"])
@@ -81,6 +94,7 @@ def make_user(closes_step: bool) -> Any:
             pending.setdefault("value", None)
             pending.setdefault("advantage", None)
             pending.setdefault("critic_hint", None)
+            pending.setdefault("critic_distance", None)
             update.update(steps=[pending], pending={})
         else:
             update["pending"] = pending

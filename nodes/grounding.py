@@ -4,6 +4,8 @@ The reference mapped every answer to its nearest catalogue item by LLM hidden st
 excluding items already recommended, so most actions were silently replaced and repeats made users
 quit. Here: exact title, then a normalized title, then a fuzzy match, then the nearest title
 embedding — each step skipping excluded items — and every result says how it was matched.
+Excluded are this episode's items and, under `logged_items="exclude"`, the user's logged items:
+a title copied from the prompt's history then grounds to the nearest item the user lacks.
 """
 
 from __future__ import annotations

@@ -9,9 +9,12 @@ Error policy of `call_structured` / `call_text`:
 - transient failures (429 honouring Retry-After, 408/409/5xx, timeouts, scripted "error") ->
   exponential backoff with jitter up to `transient_retries` times, then `ok=False`;
 - a request the endpoint rejects as posed (400/413/422, e.g. context too long) -> `ok=False`;
-- configuration problems -> `LLMError`: 401/403/404 at once, and an endpoint still refusing
-  connections after every retry, because every later call would fail the same way and falling
-  back on every step would yield a meaningless experiment;
+- configuration problems -> `LLMError`: 401/403/404 at once, an endpoint still refusing
+  connections after every retry, and an endpoint whose first requests all fail the same way
+  (`nodes.llm_health`), because every later call would fail the same way and falling back on
+  every step would yield a meaningless experiment;
+- a server that refuses the structured-output request shape is not retried: the next mode is
+  asked instead (`nodes.openai_modes`);
 - anything else (a bug, or the scripted "fatal" fault) propagates unchanged.
 
 Defaults an environment may set (explicit arguments win): BILLP_LLM_BASE_DELAY, the first backoff
@@ -21,6 +24,7 @@ in seconds (0.5), and BILLP_LLM_TIMEOUT, the `openai:` request timeout in second
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import os
@@ -29,8 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import openai
 from langchain_core.exceptions import OutputParserException
@@ -38,6 +41,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ValidationError
+
+from nodes import llm_health
+from nodes.llm_usage import StructuredResult, TextResult, Usage
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -79,79 +85,6 @@ class RejectedRequestError(RuntimeError):
     """A request the model cannot serve as posed (e.g. the prompt exceeds the context window)."""
 
 
-@dataclass
-class Usage:
-    """Count model calls, tokens and seconds spent waiting for the model (not backoff sleeps)."""
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: Usage) -> Usage:
-        """Accumulate `other` in place and return self, so a running total stays one object."""
-        self.calls += other.calls
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.seconds += other.seconds
-        return self
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage().add(self).add(other)
-
-    @property
-    def total_tokens(self) -> int:
-        """Return prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_dict(self) -> dict[str, int | float]:
-        """Return JSON-native fields for step records and reports."""
-        return {
-            "calls": self.calls,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "seconds": round(self.seconds, 6),
-        }
-
-    @classmethod
-    def from_message(cls, message: BaseMessage | None, seconds: float = 0.0) -> Usage:
-        """Read token counts from `usage_metadata`, else from OpenAI-style `token_usage`."""
-        usage = cls(calls=1, seconds=seconds)
-        if message is None:
-            return usage
-        meta = getattr(message, "usage_metadata", None)
-        if meta:
-            usage.prompt_tokens = int(meta.get("input_tokens") or 0)
-            usage.completion_tokens = int(meta.get("output_tokens") or 0)
-            return usage
-        token_usage = (message.response_metadata or {}).get("token_usage") or {}
-        usage.prompt_tokens = int(token_usage.get("prompt_tokens") or 0)
-        usage.completion_tokens = int(token_usage.get("completion_tokens") or 0)
-        return usage
-
-
-@dataclass
-class StructuredResult(Generic[T]):
-    """Hold a validated answer, or None with the reason the caller's fallback was needed."""
-
-    value: T | None
-    ok: bool
-    attempts: int
-    error: str | None = None
-    usage: Usage = field(default_factory=Usage)
-
-
-@dataclass
-class TextResult:
-    """Hold a free-text answer, or None with the reason the caller's fallback was needed."""
-
-    text: str | None
-    ok: bool
-    attempts: int
-    error: str | None = None
-    usage: Usage = field(default_factory=Usage)
-
-
 # --- error classification ----------------------------------------------------------------------
 
 _MALFORMED = (
@@ -189,6 +122,7 @@ def _short(exc: BaseException | str, limit: int = 300) -> str:
 
 
 def _base_url(model: BaseChatModel) -> str:
+    model = llm_health.unwrap(model)  # the answer cache wraps the client
     return str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
 
 
@@ -232,7 +166,7 @@ class _Attempts:
         self.attempts = self.bad_outputs = self.transient = 0
         self.error: str | None = None
         self.feedback: str | None = None
-        self.usage = Usage()
+        self.usage = Usage(asks=1)
         self.started = 0.0
 
     def begin(self) -> None:
@@ -249,7 +183,10 @@ class _Attempts:
         kind = _classify(exc)
         if kind == "malformed":
             self.usage.calls += 1  # answered, though its token counts went down with the response
+            llm_health.note_answer(self.model)
             return self.bad_output(self.error)
+        if (stop := llm_health.note_failure(self.model, exc)) is not None:
+            raise LLMError(stop) from exc  # a broken endpoint: fail fast (nodes.llm_health)
         if kind == "rejected":
             return None
         if kind == "config":
@@ -284,6 +221,7 @@ class _Attempts:
         return [*messages, HumanMessage(self.feedback)] if self.feedback else messages
 
     def received(self, raw: BaseMessage | None) -> None:
+        llm_health.note_answer(self.model)
         self.usage.add(Usage.from_message(raw, self.elapsed()))
 
     def error_if(self, value: Any) -> str | None:
@@ -366,6 +304,16 @@ def structured_runnable(model: BaseChatModel, schema: type[T]) -> Runnable:
     return runnable
 
 
+CALL_SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("CALL_SEED", default=None)
+"""The sampling seed of the call in progress (set by `call_structured(seed=...)`).
+
+A context variable, not an argument threaded through LangChain's runnables (which drop unknown
+keyword arguments): backends read it when they build the request (`LocalChatModel`, the OpenAI
+client) and the LLM cache keys on it. Each asyncio task has its own value, so concurrent
+episodes never see each other's seeds.
+"""
+
+
 async def call_structured(
     model: BaseChatModel,
     messages: list[BaseMessage],
@@ -374,11 +322,19 @@ async def call_structured(
     retries: int = 1,
     transient_retries: int = 4,
     base_delay: float | None = None,
+    seed: int | None = None,
 ) -> StructuredResult[T]:
-    """Ask for a `schema` instance; never raise on model output (see the module's error policy)."""
-    run = _Attempts(model, retries, transient_retries, base_delay)
-    runnable = structured_runnable(model, schema)
-    value = await _run_async(run, messages, runnable.ainvoke, _check_structured)
+    """Ask for a `schema` instance; never raise on model output (see the module's error policy).
+
+    `seed` is this call's sampling seed (`nodes.draws.draw_seed`); None keeps the model's own.
+    """
+    token = CALL_SEED.set(seed)
+    try:
+        run = _Attempts(model, retries, transient_retries, base_delay)
+        runnable = structured_runnable(model, schema)
+        value = await _run_async(run, messages, runnable.ainvoke, _check_structured)
+    finally:
+        CALL_SEED.reset(token)
     return StructuredResult(value, value is not None, run.attempts, run.error_if(value), run.usage)
 
 

@@ -25,7 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 
 from nodes.grammar_sampling import LazyGrammar
-from nodes.llms import RejectedRequestError
+from nodes.llms import CALL_SEED, RejectedRequestError
 from nodes.structured import json_structured_output, require_model
 
 ENV_MODEL = "BILLP_LOCAL_MODEL"
@@ -176,8 +176,11 @@ class LocalChatModel(BaseChatModel):
             "stop": stop or [],
             **kwargs,
         }
-        if self.seed is not None:
-            params.setdefault("seed", self.seed)
+        seed = CALL_SEED.get()  # this call's derived seed (nodes.draws) wins over the model's
+        if seed is None:
+            seed = self.seed
+        if seed is not None:
+            params.setdefault("seed", seed)
         schema = (params.get("response_format") or {}).get("schema")
         with lock:
             grammar = None

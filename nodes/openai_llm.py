@@ -1,10 +1,11 @@
-"""Chat with any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
+"""Chat with any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp servers).
 
-Structured output asks for `response_format: json_schema` and validates the answer with pydantic
-(`nodes.structured`): the same JSON the server sends to langchain's own json_schema method, at
-about half the client CPU per call (langchain's parse path costs 12-16 ms a call; concurrency
-runs out of CPU before it runs out of server). Servers that refuse json_schema (HTTP 400) get
-function calling instead, remembered per base URL.
+Structured output goes through `nodes.openai_modes`: json_schema where the server takes it, else
+json_object with the schema, function calling, or plain text, negotiated once per endpoint and
+model, and validated with pydantic (`nodes.structured`) whatever the mode: the same JSON the
+server sends to langchain's own json_schema method, at about half the client CPU per call
+(langchain's parse path costs 12-16 ms a call; concurrency runs out of CPU before it runs out of
+server).
 """
 
 from __future__ import annotations
@@ -12,71 +13,54 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import openai
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel
 
-from nodes.llms import DEFAULT_TIMEOUT_S, ENV_TIMEOUT, LLMError, _base_url, _env_seconds
-from nodes.structured import json_structured_output, require_model
+from nodes.llm_health import reset_health
+from nodes.llms import CALL_SEED, DEFAULT_TIMEOUT_S, ENV_TIMEOUT, LLMError, _env_seconds
+from nodes.openai_modes import (
+    NegotiatedStructured,
+    json_schema_format,
+    negotiated,
+    pin_mode,
+    reset_negotiations,
+)
+
+__all__ = [
+    "FallbackChatOpenAI",
+    "json_schema_format",
+    "make_openai",
+    "negotiated",
+    "pin_mode",
+    "reset_endpoints",
+]
 
 
-def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
-    """Return the `response_format` that asks for a `schema` instance (not strict: defaults ok)."""
-    spec: dict[str, Any] = {"name": schema.__name__, "schema": schema.model_json_schema()}
-    if schema.__doc__:
-        spec["description"] = schema.__doc__.strip()[:500]
-    return {"type": "json_schema", "json_schema": {**spec, "strict": False}}
-
-
-# Base URLs that answered 400 to a json_schema response_format; per process, so one probe each.
-_NO_JSON_SCHEMA: set[str] = set()
+def reset_endpoints() -> None:
+    """Forget negotiated modes and endpoint health: what a fresh process would know (tests)."""
+    reset_negotiations()
+    reset_health()
 
 
 class FallbackChatOpenAI(ChatOpenAI):
-    """Use json_schema structured output, switching to function calling where it is refused."""
+    """Ask for structured output in the mode the server accepts (`nodes.openai_modes`)."""
+
+    def _get_request_payload(self, input_: Any, *, stop: Any = None, **kwargs: Any) -> dict:
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        seed = CALL_SEED.get()  # this call's derived seed (nodes.draws) wins over the model's
+        if seed is not None:
+            payload["seed"] = seed
+        return payload
 
     def with_structured_output(
         self, schema: Any = None, *, method: str | None = None, include_raw: bool = False, **kw: Any
     ) -> Runnable:
-        """Return a runnable that remembers, per base URL, which method the server accepts."""
+        """Return structured output in the mode negotiated with this endpoint and model."""
         if method is not None:
             return super().with_structured_output(
                 schema, method=method, include_raw=include_raw, **kw
             )
-        # In extra_body, not response_format=: the SDK then sends the schema as it is instead of
-        # walking it against its typed params (~6 ms of CPU a call, the largest client cost).
-        body = {
-            **(self.extra_body or {}),
-            "response_format": json_schema_format(require_model(schema)),
-        }
-        via_schema = json_structured_output(self.bind(extra_body=body), schema, include_raw)
-        via_tools = super().with_structured_output(
-            schema, method="function_calling", include_raw=include_raw, **kw
-        )
-        url = _base_url(self)
-
-        def invoke(messages: Any, config: RunnableConfig) -> Any:
-            if url not in _NO_JSON_SCHEMA:
-                try:
-                    return via_schema.invoke(messages, config)
-                except openai.BadRequestError:
-                    pass  # maybe json_schema is unsupported: fall through and find out
-            out = via_tools.invoke(messages, config)
-            _NO_JSON_SCHEMA.add(url)
-            return out
-
-        async def ainvoke(messages: Any, config: RunnableConfig) -> Any:
-            if url not in _NO_JSON_SCHEMA:
-                try:
-                    return await via_schema.ainvoke(messages, config)
-                except openai.BadRequestError:
-                    pass
-            out = await via_tools.ainvoke(messages, config)
-            _NO_JSON_SCHEMA.add(url)
-            return out
-
-        return RunnableLambda(invoke, afunc=ainvoke, name="structured_output")
+        return NegotiatedStructured(self, schema, include_raw)
 
 
 def make_openai(model: str, temperature: float, seed: int | None, kwargs: dict) -> ChatOpenAI:

@@ -7,6 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.draws import draw_seed
 from nodes.llms import call_structured
 from nodes.resources import aget_resources
 from nodes.views import episode_text, history_text, messages, with_usage
@@ -16,13 +17,16 @@ FALLBACK_THOUGHT = "Recommend a well-liked item from a genre not shown in the la
 
 async def planner(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
     """Write the plan for the next recommendation; fall back to a generic plan on bad output."""
-    res = await aget_resources(runtime.context)
+    ctx = runtime.context
+    res = await aget_resources(ctx, state.get("variant"))
     user = prompts.PLANNER_USER.format(
         history=history_text(res, state),
         episode=episode_text(res, state),
         reflections=prompts.list_block(state.get("reflections", []), "(none yet)"),
     )
-    result = await call_structured(res.llm, messages(prompts.PLANNER_SYSTEM, user), prompts.Plan)
+    seed = draw_seed(ctx.seed, int(state["user_id"]), len(state.get("recommended", [])), "planner")
+    chat = messages(prompts.PLANNER_SYSTEM, user)
+    result = await call_structured(res.llm, chat, prompts.Plan, seed=seed)
     thought = result.value.thought.strip() if result.ok and result.value else ""
     fallback = not thought
     return {

@@ -129,17 +129,26 @@ ACTOR_SHORTLIST_SYSTEM = (
 ACTOR_USER = (
     "User history (oldest first):\n{history}\n\n"
     "Already recommended this session (do not repeat):\n{episode}\n\n"
-    "Plan: {thought}\n\n"
+    "Plan: {thought}\n{explore}\n"
     "Memory of a similar past state (+ went well, - went badly):\n{hint}\n"
     "{candidates}"
     "Choose one item."
 )
 CANDIDATES = "\nCandidates:\n{lines}\n\n"
 
+
+def explore_line(genres: Sequence[str]) -> str:
+    """Render the exploration hint (the reference's "recommend {g1} and {g2} items"), or ""."""
+    if not genres:
+        return ""
+    return f"Exploration hint: recommend {' and '.join(quote(g) for g in genres)} items.\n"
+
+
 CRITIC_SYSTEM = (
     f"You judge a recommendation session. {RULES}\n"
-    "Estimate the total reward still to come from this point, as an integer from -5 (the user "
-    'is about to leave) to 5 (the user is very engaged). Answer only with JSON: {"value": <int>}.'
+    "Estimate the value of this point of the session: the ratings still to come, each counted as "
+    "rating minus 3 and later ones discounted, as an integer from -5 (the user is about to leave) "
+    'to 5 (many well-rated items to come). Answer only with JSON: {"value": <int>}.'
 )
 CRITIC_USER = (
     "User history (oldest first):\n{history}\n\n"

@@ -8,10 +8,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.draws import draw_seed
 from nodes.lessons import learn_reflection
 from nodes.llms import call_structured
 from nodes.resources import aget_resources
-from nodes.views import episode_text, history_text, messages
+from nodes.views import episode_text, history_text, messages, should_learn
 
 
 def fallback_reflection(reason: str | None, length: int) -> str:
@@ -26,7 +27,7 @@ def fallback_reflection(reason: str | None, length: int) -> str:
 async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
     """Write a reflection on the finished episode; store it and persist memories when learning."""
     ctx = runtime.context
-    res = await aget_resources(ctx)
+    res = await aget_resources(ctx, state.get("variant"))
     steps = state.get("steps", [])
     reason = state.get("quit_reason")
     user = prompts.REFLECTOR_USER.format(
@@ -36,14 +37,14 @@ async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, A
         total=sum(s["reward"] for s in steps),
         length=sum(1 for s in steps if s["accepted"]),
     )
-    result = await call_structured(
-        res.llm, messages(prompts.REFLECTOR_SYSTEM, user), prompts.Reflection
-    )
+    seed = draw_seed(ctx.seed, int(state["user_id"]), len(steps), "reflector")
+    chat = messages(prompts.REFLECTOR_SYSTEM, user)
+    result = await call_structured(res.llm, chat, prompts.Reflection, seed=seed)
     text = result.value.reflection.strip() if result.ok and result.value else ""
     fallback = not text
     if fallback:
         text = fallback_reflection(reason, sum(1 for s in steps if s["accepted"]))
-    if ctx.learn:
+    if should_learn(ctx):
         await learn_reflection(res, state.get("history", []), text, state["user_id"])
         # fsyncs of every memory file: off the event loop, so concurrent episodes keep stepping
         await asyncio.to_thread(res.memories.save)

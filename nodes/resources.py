@@ -147,6 +147,11 @@ class Catalogue:
         """Return (title, genres) of an item."""
         return self.titles[item], self.genres[item]
 
+    @cached_property
+    def all_genres(self) -> list[str]:
+        """Return every genre of the catalogue, sorted (the exploration hint draws from them)."""
+        return sorted({g for genres in self.genres for g in genres})
+
 
 @dataclass
 class Resources:
@@ -206,29 +211,44 @@ def env_bundle(ctx: Any) -> EnvBundle:
     return _once(key, lambda: build_env(config, ctx.data_dir))
 
 
-def memory_path(ctx: Any) -> Path:
-    """Return the memory folder of a context (explicit, or one per dataset and embedding)."""
+def memory_path(ctx: Any, variant: str | None = None) -> Path:
+    """Return the memory folder of a context: explicit, or one per dataset, embedding and variant.
+
+    Variants never share a default folder: Reflexion's reflections must not reach BiLLP's
+    planner, nor an ablation's memories the full method's.
+    """
     if ctx.memory_dir:
         return Path(ctx.memory_dir).expanduser()
     spec = ctx.embeddings.replace(":", "_").replace("/", "_")
-    return cache_dir() / "memory" / f"{ctx.dataset}-{spec}"
+    return cache_dir() / "memory" / f"{ctx.dataset}-{spec}-{variant or 'default'}"
 
 
-def memories(ctx: Any) -> Memories:
-    """Return the macro, actor and critic memories stored under the context's memory folder."""
-    path = memory_path(ctx)
+def memories(ctx: Any, variant: str | None = None) -> Memories:
+    """Return the macro, actor and critic memories stored under the context's memory folder.
+
+    Keyed by folder and embedding only: hint rules are passed at call time (`nodes.views`), so a
+    changed threshold takes effect at once, and one folder is never held by two objects.
+    """
+    path = memory_path(ctx, variant)
+    kind = getattr(ctx, "memory_backend", "faiss")
 
     def make() -> Memories:
         emb = embeddings_of(ctx.embeddings)
+        backend = None
+        if kind == "store":  # the same stores over a LangGraph store (memory.store_backend)
+            from memory.store_backend import StoreBackend, default_store
+
+            scope = ("billp", ctx.dataset, variant or "default", f"seed-{ctx.seed}")
+            backend = StoreBackend(default_store(emb.dim), scope)
         return Memories(
-            macro=MacroMemory(emb, path / "macro"),
-            actor=ActorMemory(emb, path / "actor", near=ctx.actor_near, band=tuple(ctx.actor_band)),
-            critic=CriticMemory(emb, path / "critic", near=ctx.critic_near),
+            macro=MacroMemory(emb, path / "macro", backend=backend),
+            actor=ActorMemory(emb, path / "actor", backend=backend),
+            critic=CriticMemory(emb, path / "critic", backend=backend),
             learned_critic=LearnedCritic(emb.dim, path / "value_net"),
             path=path,
         )
 
-    return _once(("memories", str(path), ctx.embeddings), make)
+    return _once(("memories", str(path), ctx.embeddings, kind), make)
 
 
 def catalogue(ctx: Any, bundle: EnvBundle) -> Catalogue:
@@ -255,66 +275,49 @@ def llm_spec(spec: str) -> str:
     return spec
 
 
-def _resources_key(ctx: Any) -> tuple:
-    """Return the cache key of a context's resources, straight from its fields."""
-    return (
-        "resources-of",
-        ctx.dataset,
-        ctx.data_dir,
-        ctx.env_seed,
-        ctx.split,
-        ctx.embeddings,
-        ctx.memory_dir,
-        None if ctx.memory_dir else str(cache_dir()),
-        ctx.llm,
-        ctx.temperature,
-        ctx.seed,
-    )
+SHAPING_FIELDS = (
+    "dataset", "data_dir", "env_seed", "split", "embeddings", "memory_dir", "llm", "temperature",
+    "seed", "memory_backend",
+)  # fmt: skip
+"""The Context fields that decide which objects a `Resources` holds (its one cache key)."""
 
 
-def get_resources(ctx: Any) -> Resources:
-    """Return the resources of a context, building what is missing."""
+def _resources_key(ctx: Any, variant: str | None) -> tuple:
+    """Return the cache key of a context's resources: every shaping field, plus where memories
+    live by default (the cache folder and the variant) when no `memory_dir` is given."""
+    where = None if ctx.memory_dir else (str(cache_dir()), variant)
+    return ("resources-of", *(getattr(ctx, name) for name in SHAPING_FIELDS), where)
+
+
+def get_resources(ctx: Any, variant: str | None = None) -> Resources:
+    """Return the resources of a context (and graph variant), building what is missing."""
     # Every node asks once per step: a plain dict lookup before any key building or locking.
-    key = _resources_key(ctx)
+    key = _resources_key(ctx, variant)
     found = _cache.get(key)
     if found is not None:
         return found
-    return _once(key, lambda: _build_resources(ctx))
+    return _once(key, lambda: _build_resources(ctx, variant))
 
 
-async def aget_resources(ctx: Any) -> Resources:
+async def aget_resources(ctx: Any, variant: str | None = None) -> Resources:
     """Return the resources of a context; the first build (disk, models) runs in a thread.
 
     Nodes call this one: a LangGraph server (`langgraph dev`) runs them on its event loop and
     refuses blocking file I/O there.
     """
-    found = _cache.get(_resources_key(ctx))
+    found = _cache.get(_resources_key(ctx, variant))
     if found is not None:
         return found
-    return await asyncio.to_thread(get_resources, ctx)
+    return await asyncio.to_thread(get_resources, ctx, variant)
 
 
-def _build_resources(ctx: Any) -> Resources:
+def _build_resources(ctx: Any, variant: str | None) -> Resources:
     bundle = env_bundle(ctx)
-    key = (
-        "resources",
-        id(bundle),
-        ctx.split,
-        ctx.embeddings,
-        str(memory_path(ctx)),
-        ctx.llm,
-        ctx.temperature,
-        ctx.seed,
+    return Resources(
+        bundle=bundle,
+        split=ctx.split,
+        catalogue=catalogue(ctx, bundle),
+        memories=memories(ctx, variant),
+        llm=make_chat_model(llm_spec(ctx.llm), temperature=ctx.temperature, seed=ctx.seed),
+        candidates=_once(("candidates", id(bundle)), lambda: CandidateGenerator(bundle)),
     )
-
-    def make() -> Resources:
-        return Resources(
-            bundle=bundle,
-            split=ctx.split,
-            catalogue=catalogue(ctx, bundle),
-            memories=memories(ctx),
-            llm=make_chat_model(llm_spec(ctx.llm), temperature=ctx.temperature, seed=ctx.seed),
-            candidates=_once(("candidates", id(bundle)), lambda: CandidateGenerator(bundle)),
-        )
-
-    return _once(key, make)

@@ -2,8 +2,12 @@
 
 It reads the same prompts a real model reads and answers by simple rules: follow a + hint of the
 actor memory, otherwise the first history title or candidate not yet recommended and not marked -;
-value a state by its last rating (or a near-exact critic-memory hint). Tests and the offline demo
-use it to exercise the whole graph; its numbers are never reported as an LLM's.
+value a state by its last rating (or a near-exact critic-memory hint). Under
+`logged_items="exclude"` (the default) a history title is only a query: grounding skips the
+user's logged items and recommends the nearest title they lack (marked replaced), and shortlist
+candidates never hold logged items - so the double never recommends what the user owns.
+Tests and the offline demo use it to exercise the whole graph; its numbers are never reported
+as an LLM's.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from memory.rules import HintRule
 from nodes import prompts
 from nodes.resources import Resources
 
-STATE_HISTORY = 10  # titles of history in a memory key (BILLP.md §3)
+STATE_WINDOW = 10  # items in a memory key: (history + episode)[-10:] (BILLP.md §3)
+KEY_TITLE_CHARS = 60  # per title: 10 titles stay inside MiniLM's 256 tokens (tests check it)
 
 
 TEXT_CACHE_SIZE = 4096  # rendered histories kept per Resources (one per user seen)
@@ -40,11 +42,40 @@ def episode_text(res: Resources, state: Mapping[str, Any]) -> str:
 
 
 def state_key(res: Resources, state: Mapping[str, Any]) -> str:
-    """Return the memory key of the current state: recent history titles + this episode's items."""
+    """Return the memory key of the current state: one sliding window over history + episode.
+
+    The reference keys a state by the last 10 titles of `history + episode`; after 10 steps the
+    key holds only this episode's items, so a state one user reached can be found again from
+    another user's episode. Newest first and each title cut to `KEY_TITLE_CHARS`, so an embedder
+    that truncates long inputs drops the oldest items, never the newest.
+    """
+    items = [*state.get("history", ()), *state.get("recommended", ())][-STATE_WINDOW:]
     titles = res.catalogue.titles
-    shown = [titles[i] for i in state.get("history", [])[-STATE_HISTORY:]]
-    episode = [titles[i] for i in state.get("recommended", [])]
-    return "history: " + " | ".join(shown) + "\nepisode: " + " | ".join(episode)
+    return "recent items, newest first: " + " | ".join(
+        titles[i][:KEY_TITLE_CHARS] for i in reversed(items)
+    )
+
+
+def should_learn(ctx: Any) -> bool:
+    """Return whether a graph run writes memories: `learn`, or by default only in the train env.
+
+    Playing the test env from Studio or Python must not change what training learnt unless asked.
+    """
+    return ctx.split == "train" if ctx.learn is None else bool(ctx.learn)
+
+
+def actor_rule(ctx: Any) -> HintRule:
+    """Return the actor-memory hint rule of a context (derived, or the reference's)."""
+    if ctx.hint_rule == "reference":
+        return HintRule.reference(ctx.actor_near, tuple(ctx.actor_band))
+    return HintRule.derived(ctx.actor_quantile, near=ctx.actor_near)
+
+
+def critic_rule(ctx: Any) -> HintRule:
+    """Return the critic-memory hint rule of a context."""
+    if ctx.hint_rule == "reference":
+        return HintRule.reference(ctx.critic_near)
+    return HintRule.derived(ctx.critic_quantile, near=ctx.critic_near)
 
 
 def messages(system: str, user: str) -> list[BaseMessage]:

@@ -24,17 +24,17 @@ import pandas as pd
 import torch
 
 from simulator.calibration import RatingCalibrator
+from simulator.card import PopularityScorer, make_card
 from simulator.datasets import dataset_sources, load_dataset
 from simulator.env import BatchedRecEnv, RecEnv, UserWorld, distance_threshold
 from simulator.files import atomic_write_json, sha256_bytes, sha256_file
+from simulator.logged import Exclusions, LoggedItems, check_mode
 from simulator.paths import cache_dir
 from simulator.policies import (
     ItemCFPolicy,
     OraclePolicy,
     PopularityPolicy,
     RandomPolicy,
-    evaluate_policy,
-    summarize,
 )
 from simulator.types import Dataset
 from simulator.user_model import (
@@ -62,7 +62,7 @@ def distance_vectors(model: UserModel) -> torch.Tensor:
 
 
 # Bump when the build logic changes in a way that changes artifacts: old caches then rebuild.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 # Learners know only the training model's geometry, not the true tau: they keep a margin.
 LEARNER_TAU_MARGIN = 1.5
 Split = Literal["train", "test"]
@@ -94,6 +94,16 @@ class EnvConfig:
     """Overrides of `UserModelConfig` fields (kind, dim, epochs, ...)."""
     dataset_options: dict[str, Any] = field(default_factory=dict)
     """Loader options (e.g. synthetic sizes, csv paths)."""
+    logged_items: LoggedItems = "exclude"
+    """Whether items in a user's logged history may be recommended to them.
+
+    "exclude" (default): never - both envs refuse them, and candidates, grounding and every
+    baseline skip them. The ground-truth model was fit on those very logs, so echoing them back
+    earns "exact hits" no real recommender gets (a real one does not re-sell a game the user
+    owns). "allow": reference-style runs, where replaying the log is allowed (and rewarded)."""
+
+    def __post_init__(self) -> None:
+        check_mode(self.logged_items)
 
     def key(self, data_dir: str | Path | None) -> str:
         """Return the cache key: config + input checksums + build version."""
@@ -154,6 +164,31 @@ class EnvBundle:
         counts = np.bincount(pos["item"].to_numpy(), minlength=self.dataset.n_items)
         return torch.as_tensor(counts, dtype=torch.float32)
 
+    @cached_property
+    def _logged(self) -> Exclusions:
+        """Every user's logged items (any signal), one CSR row per dataset user id."""
+        ds = self.dataset
+        return Exclusions.from_interactions(ds.interactions, range(ds.n_users), ds.n_items)
+
+    def logged(self, user: int) -> frozenset[int]:
+        """Return every item the user logged (positive or negative), whatever `logged_items`."""
+        if not 0 <= int(user) < self.dataset.n_users:
+            raise ValueError(f"user {user} is not a user of {self.dataset.name}")
+        return self._logged.row(int(user))
+
+    def excluded(self, user: int) -> frozenset[int]:
+        """Return the items that may never be recommended to the user (none under "allow")."""
+        return self.logged(user) if self.config.logged_items == "exclude" else frozenset()
+
+    def excluded_mask(self, users: torch.Tensor | list[int]) -> torch.Tensor:
+        """Return a [B, n_items] bool mask of `excluded` per user, for batched policies / RL."""
+        ids = torch.as_tensor(users, dtype=torch.long).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.dataset.n_users):
+            raise ValueError(f"users must be ids of {self.dataset.name} users")
+        if self.config.logged_items != "exclude":
+            return torch.zeros(ids.numel(), self.dataset.n_items, dtype=torch.bool)
+        return self._logged.mask(ids)
+
     def world(self, split: Split) -> UserWorld:
         """Return a split's rating world (train: train model, continuous; test: ground truth)."""
         cache = self.__dict__.setdefault("_worlds", {})
@@ -185,6 +220,7 @@ def _make_world(bundle: EnvBundle, split: Split) -> UserWorld:
         user_ids=torch.as_tensor(users, dtype=torch.long),
         window=bundle.config.window,
         max_steps=bundle.config.max_steps,
+        excluded=bundle._logged.subset(users) if bundle.config.logged_items == "exclude" else None,
     )
 
 
@@ -226,6 +262,15 @@ def _fit(
     model = train_user_model(train_df, dataset.n_users, dataset.n_items, mconf, progress=report)
     model.eval()
     quality = evaluate_leave_last_out(model, heldout, train_df, dataset.n_items, seed=seed)
+    # Same held-out items, same negatives (same seed): the margin over popularity is fair.
+    popularity = PopularityScorer(train_df, dataset.n_items)
+    quality["popularity_auc"] = evaluate_leave_last_out(
+        popularity,  # type: ignore[arg-type]
+        heldout,
+        train_df,
+        dataset.n_items,
+        seed=seed,
+    )["auc"]
     with torch.inference_mode():
         pos_scores = model.score(
             torch.as_tensor(heldout["user"].to_numpy(copy=True)),
@@ -294,7 +339,8 @@ def _build(config: EnvConfig, data_dir: str | Path | None, progress: Progress | 
         card={},
     )
     say("evaluating reference policies", 0.95)
-    bundle.card = make_card(bundle, gt_q, train_q, gt_scores)
+    policies = reference_policies(bundle, "test")
+    bundle.card = make_card(bundle, gt_q, train_q, gt_scores, policies)
     bundle.card["build_seconds"] = round(time.perf_counter() - started, 1)
     return bundle
 
@@ -313,54 +359,6 @@ def reference_policies(bundle: EnvBundle, split: Split = "test") -> dict[str, An
             tau=bundle.train_tau * LEARNER_TAU_MARGIN,
         ),
         "oracle": OraclePolicy(world),
-    }
-
-
-def make_card(
-    bundle: EnvBundle,
-    gt_quality: dict[str, Any],
-    train_quality: dict[str, Any],
-    gt_scores: dict[str, torch.Tensor],
-) -> dict[str, Any]:
-    """Describe an environment: sizes, model quality, rating distributions, policy results."""
-    ds = bundle.dataset
-    policies = {}
-    for name, policy in reference_policies(bundle, "test").items():
-        episodes = evaluate_policy(
-            bundle.world("test"), policy, bundle.test_users, seed=bundle.config.seed
-        )
-        policies[name] = {k: round(float(v), 4) for k, v in summarize(episodes).items()}
-    cal = bundle.gt_calibrator
-    return {
-        "dataset": ds.name,
-        "n_users": ds.n_users,
-        "n_items": ds.n_items,
-        "n_interactions": len(ds.interactions),
-        "n_negatives": int((ds.interactions["signal"] < 0).sum()),
-        "n_train_users": len(bundle.train_users),
-        "n_test_users": len(bundle.test_users),
-        "user_model": {
-            "kind": bundle.gt_model.config.kind,
-            "auc": round(float(gt_quality["auc"]), 4),
-            "hr_at_10": round(float(gt_quality["hr_at_10"]), 4),
-            "n_eval_users": int(gt_quality["n_users"]),
-        },
-        "train_user_model": {
-            "auc": round(float(train_quality["auc"]), 4),
-            "hr_at_10": round(float(train_quality["hr_at_10"]), 4),
-        },
-        "tau": round(bundle.tau, 6),
-        "train_tau": round(bundle.train_tau, 6),
-        "tau_percentile": bundle.config.tau_percentile,
-        "window": bundle.config.window,
-        "max_steps": bundle.config.max_steps,
-        "rating_hist": {
-            "positives": cal.histogram(gt_scores["positives"], integer=True),
-            "random": cal.histogram(gt_scores["random"], integer=True),
-        },
-        "policies": policies,
-        "stats": {k: int(v) for k, v in ds.stats.items()},
-        "seed": bundle.config.seed,
     }
 
 
@@ -393,7 +391,8 @@ def load_env(path: str | Path, data_dir: str | Path | None = None) -> EnvBundle:
     """Load a built environment, verifying every artifact against the manifest's checksums."""
     path = Path(path)
     try:
-        files = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["files"]
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        files = manifest["files"]
         if not isinstance(files, dict):
             raise TypeError(f"'files' is a {type(files).__name__}, not an object")
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -401,6 +400,11 @@ def load_env(path: str | Path, data_dir: str | Path | None = None) -> EnvBundle:
             f"{path / 'manifest.json'} is unreadable or incomplete ({err!r}); "
             "rebuild with `billp env build --rebuild`"
         ) from err
+    if manifest.get("version") != BUILD_VERSION:
+        raise ValueError(
+            f"{path} was built by build version {manifest.get('version')}, this code is "
+            f"{BUILD_VERSION}; rebuild with `billp env build --rebuild`"
+        )
     for rel, digest in files.items():
         if not (path / rel).is_file() or sha256_file(path / rel) != digest:
             raise ValueError(

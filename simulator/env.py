@@ -8,6 +8,8 @@ t >= 2 the user leaves when the rating is < 2 or when the item lies closer than 
 on the world's item vectors) to one of the last `window` items recommended in this episode. A
 repeat inside the window always quits; outside it, it does not. The quitting item earns 0 and is
 not counted in Len. After `max_steps` accepted steps the episode is truncated.
+Items a user already logged can be ruled out (`UserWorld.excluded`, from the build's
+`logged_items="exclude"`): recommending one to that user raises ValueError in both envs.
 When several quit causes hold at once, the reason reported is the first of: "repeat",
 "low_rating", "similar" (a repeat names the agent's mistake most precisely).
 """
@@ -25,7 +27,11 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from simulator.geometry import distance_threshold, window_distances
+from simulator.logged import Exclusions, logged_error
 from simulator.rules import MIN_RATING_TO_STAY, judge
+
+__all__ = ["BatchedRecEnv", "RecEnv", "UserWorld", "distance_threshold", "window_distances"]
 
 RUNNING, LOW_RATING, SIMILAR, REPEAT, MAX_STEPS = 0, 1, 2, 3, 4
 QUIT_REASONS: tuple[str | None, ...] = (None, "low_rating", "similar", "repeat", "max_steps")
@@ -37,44 +43,14 @@ def quit_reason(code: int) -> str | None:
     return QUIT_REASONS[int(code)]
 
 
-def distance_threshold(
-    item_vectors: Tensor, percentile: float, n_pairs: int = 200_000, seed: int = 0
-) -> float:
-    """Return tau: the `percentile`-th percentile of distances between distinct item pairs.
-
-    The rule makes "too similar" mean the same thing on every dataset whatever the scale of the
-    model's vectors: about `percentile` % of random item pairs are closer than tau. Uses every
-    unordered pair when there are at most `n_pairs` of them, else `n_pairs` pairs drawn uniformly
-    (seeded); percentiles interpolate linearly, as numpy's default does.
-    """
-    if item_vectors.ndim != 2 or item_vectors.shape[0] < 2:
-        raise ValueError(f"item_vectors must be [n_items >= 2, d], got {tuple(item_vectors.shape)}")
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    vectors = item_vectors.detach().to(torch.float32)
-    n = vectors.shape[0]
-    if n * (n - 1) // 2 <= n_pairs:
-        first, second = torch.triu_indices(n, n, offset=1)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        first = torch.randint(0, n, (n_pairs,), generator=gen)
-        # An offset in [1, n) makes the partner distinct and still uniform over the others.
-        second = (first + torch.randint(1, n, (n_pairs,), generator=gen)) % n
-    dists = torch.cat(
-        [
-            (vectors[first[i : i + 65536]] - vectors[second[i : i + 65536]]).norm(dim=1)
-            for i in range(0, first.numel(), 65536)
-        ]
-    )
-    return float(torch.quantile(dists.double(), percentile / 100.0))
-
-
 @dataclass(frozen=True, eq=False)
 class UserWorld:
     """Hold what an environment needs: ratings, item geometry and the quit-rule parameters.
 
     `ratings[row, item]` are calibrated ratings in [1, 5] (integers in a test env); row `r`
     belongs to the global dataset user `user_ids[r]`. `item_vectors` define item distance.
+    `excluded` (optional; one list per row, or `Exclusions`) names items a row's user may never
+    be recommended - their logged history under `logged_items="exclude"`; both envs refuse them.
     """
 
     ratings: Tensor
@@ -83,6 +59,7 @@ class UserWorld:
     user_ids: Tensor
     window: int = 4
     max_steps: int = 50
+    excluded: Exclusions | Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         ratings, vectors = self.ratings, self.item_vectors
@@ -121,6 +98,15 @@ class UserWorld:
         object.__setattr__(self, "item_vectors", vectors)
         object.__setattr__(self, "tau", float(self.tau))
         object.__setattr__(self, "user_ids", ids)
+        excluded = self.excluded
+        if excluded is not None and not isinstance(excluded, Exclusions):
+            excluded = Exclusions.from_lists(list(excluded), ratings.shape[1])
+        if excluded is not None and (excluded.n_rows, excluded.n_items) != tuple(ratings.shape):
+            raise ValueError(
+                f"UserWorld.excluded is {excluded.n_rows} rows x {excluded.n_items} items, "
+                f"ratings {tuple(ratings.shape)}"
+            )
+        object.__setattr__(self, "excluded", excluded)
         object.__setattr__(self, "_row_by_id", {int(u): r for r, u in enumerate(ids.tolist())})
         sorted_ids, order = ids.sort()
         object.__setattr__(self, "_sorted_ids", sorted_ids)
@@ -141,6 +127,18 @@ class UserWorld:
         except KeyError:
             raise ValueError(f"user {user_id} is not in this world's user_ids") from None
 
+    def excluded_of(self, user_id: int) -> frozenset[int]:
+        """Return the items this user may never be recommended (empty unless excluded)."""
+        row = self.row_of(user_id)
+        return frozenset() if self.excluded is None else self.excluded.row(row)
+
+    def excluded_mask(self, user_ids: Tensor | Sequence[int]) -> Tensor:
+        """Return a [B, n_items] bool mask of the items each user may never be recommended."""
+        rows = self.rows_of(user_ids)
+        if self.excluded is None:
+            return torch.zeros(rows.numel(), self.n_items, dtype=torch.bool)
+        return self.excluded.mask(rows)
+
     def rows_of(self, user_ids: Tensor | Sequence[int]) -> Tensor:
         """Return the ratings rows of many global user ids at once."""
         ids = torch.as_tensor(user_ids, dtype=torch.long).reshape(-1)
@@ -150,21 +148,6 @@ class UserWorld:
             missing = ids[~found][:5].tolist()
             raise ValueError(f"users {missing} are not in this world's user_ids")
         return self._sort_order[pos]  # type: ignore[attr-defined]
-
-
-def window_distances(vectors: Tensor, items: Tensor, window: Tensor, pad: int) -> Tensor:
-    """Return [B, M, W] distances from `items` [B, M] to `window` [B, W] (inf at padding).
-
-    The batched env and the policies share this one computation, so a policy that checks the
-    similarity rule with the world's vectors agrees with the env to the last bit.
-    """
-    empty = window == pad
-    safe = window.masked_fill(empty, 0)
-    d = vectors.shape[1]
-    # index_select on flat ids is several times faster than advanced indexing here.
-    near = vectors.index_select(0, items.reshape(-1)).view(*items.shape, 1, d)
-    recent = vectors.index_select(0, safe.reshape(-1)).view(safe.shape[0], 1, safe.shape[1], d)
-    return (near - recent).square().sum(-1).sqrt().masked_fill(empty.unsqueeze(1), math.inf)
 
 
 class RecEnv(gym.Env):
@@ -217,6 +200,8 @@ class RecEnv(gym.Env):
         else:
             self._row = int(self._rows[self.np_random.integers(self._rows.size)])
         self._user = int(self.world.user_ids[self._row])
+        ex = self.world.excluded
+        self._excluded = frozenset() if ex is None else ex.row(self._row)
         self._items: list[int] = []
         self._item_ratings: list[float] = []
         self._step, self._len, self._return, self._done = 0, 0, 0.0, False
@@ -233,6 +218,8 @@ class RecEnv(gym.Env):
         item = int(action)
         if not 0 <= item < self._n_items:
             raise ValueError(f"action {action!r} is not an item id in [0, {self._n_items})")
+        if item in self._excluded:
+            raise ValueError(logged_error(self._user, item))
         t = self._step + 1
         verdict = judge(
             rating=float(self._ratings[self._row, item]),
@@ -291,6 +278,8 @@ class BatchState:
     `recommended[b, i]`: item i was recommended in row b's episode (while a row runs, every
     recommended item was accepted). `window_items`: the last `window` recommended items, oldest
     first, padded in front with `n_items`. `quit_code`: final reason code (0 while running).
+    `excluded[b, i]`: item i may never be recommended to row b's user (their logged history
+    under `logged_items="exclude"`); a policy picks among `~unavailable`.
     """
 
     users: Tensor
@@ -303,6 +292,12 @@ class BatchState:
     ret: Tensor
     done: Tensor
     quit_code: Tensor
+    excluded: Tensor
+
+    @property
+    def unavailable(self) -> Tensor:
+        """Return [B, n_items]: already recommended this episode, or excluded for the user."""
+        return self.recommended | self.excluded
 
     @property
     def active(self) -> Tensor:
@@ -355,6 +350,7 @@ class BatchedRecEnv:
             ret=torch.zeros(b, dtype=torch.float64),
             done=torch.zeros(b, dtype=torch.bool),
             quit_code=torch.zeros(b, dtype=torch.long),
+            excluded=self.world.excluded_mask(ids),
         )
         return self.state
 
@@ -379,6 +375,10 @@ class BatchedRecEnv:
             raise ValueError(
                 f"action {int(a[row])} of row {row} is not an item id in [0, {n_items})"
             )
+        refused = active & s.excluded.gather(1, a.clamp(0, n_items - 1).unsqueeze(1)).squeeze(1)
+        if bool(refused.any()):
+            row = int(refused.nonzero()[0])
+            raise ValueError(f"row {row}: {logged_error(int(s.users[row]), int(a[row]))}")
         a = a.masked_fill(~active, 0)
 
         rows = torch.arange(s.batch_size)

@@ -3,6 +3,8 @@
 Random and popularity are the floors every agent must beat; item-based CF is the standard
 non-learning baseline and uses logged (training) data only; the oracle reads the ground truth and
 exists only to measure how far any policy is from the best greedy play.
+Every policy picks among `state.unavailable`'s complement: never an item already recommended in
+the episode, nor one the user logged when the env excludes logged items.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from simulator.env import BatchedRecEnv, BatchState, UserWorld, quit_reason, window_distances
+from simulator.env import BatchedRecEnv, BatchState, UserWorld, quit_reason
+from simulator.geometry import window_distances
 
 _FULL_SCAN_ROWS = 8  # rows per chunk when every item must be checked (B x I x W x d floats)
 
@@ -45,7 +48,7 @@ class Reseedable(Protocol):
 
 def _no_free_item(rows: Tensor) -> None:
     if rows.numel():
-        raise ValueError(f"row {int(rows[0])}: every item was already recommended")
+        raise ValueError(f"row {int(rows[0])}: every item was already recommended or is logged")
 
 
 def greedy_pick(
@@ -61,7 +64,7 @@ def greedy_pick(
 
     Only the top `n_candidates` are checked first, so a step costs B x n_candidates x W x d;
     rows where all of them fail get a full scan. A row with no safe allowed item falls back to
-    its best `fresh` (not yet recommended) item: the user will leave, but the action is valid.
+    its best `fresh` (still available) item: the user will leave, but the action is valid.
     """
     n_items = scores.shape[1]
     masked = scores.masked_fill(~allowed, -math.inf)
@@ -69,7 +72,7 @@ def greedy_pick(
     pick, found = first_safe(cand, torch.isfinite(values), window, vectors, tau)
     rest = (~found).nonzero().squeeze(1)
     if not bool(fresh[rest].any(1).all()):
-        raise ValueError("greedy_pick: a row has no item left that was not recommended")
+        raise ValueError("greedy_pick: a row has no item left that is still available")
     every = torch.arange(n_items)
     for chunk in rest.split(_FULL_SCAN_ROWS):
         dist = window_distances(vectors, every.expand(chunk.numel(), -1), window[chunk], n_items)
@@ -93,7 +96,7 @@ def first_safe(
 
 
 class RandomPolicy:
-    """Recommend uniformly among the items not yet recommended in the episode."""
+    """Recommend uniformly among the items still available in the episode."""
 
     name = "random"
 
@@ -115,14 +118,15 @@ class RandomPolicy:
         b = state.batch_size
         actions = torch.randint(0, self.n_items, (b,), generator=self._gen)
         rows = torch.arange(b)
+        used = state.unavailable
         for _ in range(8):
-            clash = (state.recommended[rows, actions] & state.active).nonzero().squeeze(1)
+            clash = (used[rows, actions] & state.active).nonzero().squeeze(1)
             if clash.numel() == 0:
                 return actions
             actions[clash] = torch.randint(0, self.n_items, (clash.numel(),), generator=self._gen)
         # Crowded rows: draw exactly among the free items with random keys.
-        clash = (state.recommended[rows, actions] & state.active).nonzero().squeeze(1)
-        free = ~state.recommended[clash]
+        clash = (used[rows, actions] & state.active).nonzero().squeeze(1)
+        free = ~used[clash]
         _no_free_item(clash[~free.any(1)])
         keys = torch.rand(free.shape, generator=self._gen).masked_fill(~free, -1.0)
         actions[clash] = keys.argmax(1)
@@ -130,7 +134,7 @@ class RandomPolicy:
 
 
 class PopularityPolicy:
-    """Recommend the most popular item (training-log counts) not yet recommended."""
+    """Recommend the most popular item (training-log counts) still available to the user."""
 
     name = "popularity"
 
@@ -145,10 +149,11 @@ class PopularityPolicy:
         """Keep nothing: the state says what was recommended."""
 
     def act(self, state: BatchState) -> Tensor:
-        """Take the first free item of the popularity order (within the top step+1 ones)."""
-        # A row has recommended at most `step` items, so one of the top step+1 is free.
-        top = self.order[: min(self.order.numel(), int(state.step.max()) + 1)]
-        free = ~state.recommended[:, top]
+        """Take the first free item of the popularity order (within the top few)."""
+        # A row has used up at most `step` + its excluded items, so one of the next is free.
+        head = int(state.step.max()) + 1 + int(state.excluded.sum(1).max())
+        top = self.order[: min(self.order.numel(), head)]
+        free = ~(state.recommended[:, top] | state.excluded[:, top])
         _no_free_item((~free.any(1) & state.active).nonzero().squeeze(1))
         return top[free.int().argmax(1)]
 
@@ -267,7 +272,7 @@ class ItemCFPolicy:
         return _act_on_running(state, self._pick)
 
     def _pick(self, state: BatchState, rows: Tensor) -> Tensor:
-        fresh = ~state.recommended[rows]
+        fresh = ~state.unavailable[rows]
         return greedy_pick(
             self._scores[rows],
             fresh,
@@ -296,6 +301,8 @@ class OraclePolicy:
     def reset(self, users: Tensor) -> None:
         """Sort each user's items by true rating once, so a step reads only the head."""
         ratings = self.world.ratings[self.world.rows_of(users)]
+        # Excluded (logged) items sort last, so the head holds only items the user may get.
+        ratings = ratings.masked_fill(self.world.excluded_mask(users), -math.inf)
         # Stable: equal ratings go by item id, so runs are reproducible.
         order = torch.sort(ratings, dim=1, descending=True, stable=True).indices
         self._order = order.to(torch.int32)  # half the memory of B x I longs
@@ -313,13 +320,13 @@ class OraclePolicy:
         k = min(world.n_items, int(state.step[rows].max()) + self.n_candidates)
         cand = self._order[rows, :k].long()
         flat = state.rows[rows].unsqueeze(1) * world.n_items + cand
-        ok = (world.ratings.view(-1)[flat] >= 2.0) & ~state.recommended[rows].gather(1, cand)
+        ok = (world.ratings.view(-1)[flat] >= 2.0) & ~state.unavailable[rows].gather(1, cand)
         window = state.window_items[rows]
         pick, found = first_safe(cand, ok, window, world.item_vectors, world.tau)
         rest = (~found).nonzero().squeeze(1)
         if rest.numel():
             ratings = world.ratings[state.rows[rows[rest]]]
-            fresh = ~state.recommended[rows[rest]]
+            fresh = ~state.unavailable[rows[rest]]
             pick[rest] = greedy_pick(
                 ratings,
                 fresh & (ratings >= 2.0),

@@ -1,4 +1,4 @@
-"""Shared test setup: an isolated artifact cache, and a small synthetic world built once."""
+"""Shared test setup: an isolated artifact cache, fresh per-process objects for every test."""
 
 from __future__ import annotations
 
@@ -26,6 +26,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_resources():
+    """Start and end every test with no cached resources, as a new process would.
+
+    Environments, models and memories are cached per process (`nodes.resources`); a test that
+    swaps or writes one must not leak it into the next test.
+    """
+    from nodes.resources import clear_cache
+
+    clear_cache()
+    yield
+    clear_cache()
 
 
 @pytest.fixture(scope="session")

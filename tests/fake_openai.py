@@ -28,12 +28,10 @@ From a shell (for benchmarks): `python -m tests.fake_openai --port 8765 --fault-
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import random
-import re
 import threading
 import time
 from collections import Counter, deque
@@ -41,159 +39,34 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+if __package__:  # `python -m tests.fake_openai` (benchmarks)
+    from .fake_schema import (
+        HALLUCINATED,
+        TITLE_FIELD,
+        SchemaInstance,
+        pad_strings,
+        request_schema,
+        schema_kind,
+    )
+else:  # `from fake_openai import ...` with tests/ on sys.path (pytest)
+    from fake_schema import (
+        HALLUCINATED,
+        TITLE_FIELD,
+        SchemaInstance,
+        pad_strings,
+        request_schema,
+        schema_kind,
+    )
+
+__all__ = ["FAULTS", "HALLUCINATED", "FakeOpenAI", "SchemaInstance", "request_schema"]
+
 HTTP_FAULTS = ("429", "429_bare", "500", "timeout", "bad_body")
 CONTENT_FAULTS = ("bad_json", "empty", "long")
 SCHEMA_FAULTS = ("missing", "types", "range", "hallucinated")
 FAULTS = HTTP_FAULTS + CONTENT_FAULTS + SCHEMA_FAULTS
 
-HALLUCINATED = "The Chronicles of Nowhere: Imaginary Edition"
 NOT_JSON = 'Sure! Here is what I would recommend: {"title": Portal 2 -- hope that helps'
 LONG_CHARS = 200_000
-_TITLE_FIELD = re.compile(r"title|name", re.IGNORECASE)
-
-
-class SchemaInstance:
-    """Build values that a JSON schema accepts (or, on request, values it rejects)."""
-
-    def __init__(self, rng: random.Random, titles: Sequence[str] = ()) -> None:
-        self.rng = rng
-        self.titles = list(titles)
-
-    def valid(self, schema: dict[str, Any], root: dict[str, Any] | None = None, name: str = ""):
-        """Return a random value `schema` accepts; `name` is the property it is for."""
-        root = root if root is not None else schema
-        schema = self._deref(schema, root)
-        if "const" in schema:
-            return schema["const"]
-        if schema.get("enum"):
-            return self.rng.choice(schema["enum"])
-        for key in ("anyOf", "oneOf"):
-            if options := schema.get(key):
-                usable = [o for o in options if self._deref(o, root).get("type") != "null"]
-                return self.valid(self.rng.choice(usable or options), root, name)
-        if options := schema.get("allOf"):
-            return self.valid(options[0], root, name)
-        kind = _kind(schema)
-        if kind == "object":
-            props = schema.get("properties", {})
-            return {k: self.valid(v, root, k) for k, v in props.items()}
-        if kind == "array":
-            low = int(schema.get("minItems", 1))
-            high = int(schema.get("maxItems", max(low, 3)))
-            n = self.rng.randint(low, max(low, high))
-            return [self.valid(schema.get("items", {}), root, name) for _ in range(n)]
-        if kind in ("integer", "number"):
-            return self._number(schema, kind == "integer")
-        if kind == "string":
-            return self._string(schema, name)
-        if kind == "boolean":
-            return self.rng.random() < 0.5
-        return None
-
-    def _deref(self, schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-        while "$ref" in schema:
-            node: Any = root
-            for part in schema["$ref"].removeprefix("#/").split("/"):
-                node = node[part]
-            schema = node
-        return schema
-
-    def _number(self, schema: dict[str, Any], integer: bool) -> int | float:
-        low = schema.get("minimum", schema.get("exclusiveMinimum", -5))
-        high = schema.get("maximum", schema.get("exclusiveMaximum", 5))
-        if "exclusiveMinimum" in schema:
-            low += 1 if integer else 1e-6
-        if "exclusiveMaximum" in schema:
-            high -= 1 if integer else 1e-6
-        if integer:
-            return self.rng.randint(int(-(-low // 1)), int(high // 1))
-        return round(self.rng.uniform(low, high), 4)
-
-    def _string(self, schema: dict[str, Any], name: str) -> str:
-        if self.titles and _TITLE_FIELD.search(name):
-            text = self.rng.choice(self.titles)
-        else:
-            text = f"fake answer {self.rng.randrange(10_000)}: try a different genre next"
-        low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
-        text = text.ljust(low, ".")
-        return text[: int(high)] if high is not None else text
-
-    def broken(self, fault: str, schema: dict[str, Any]) -> Any:
-        """Return a JSON value that violates `schema` the way `fault` says."""
-        root = schema
-        value = self.valid(schema)
-        props = self._deref(schema, root).get("properties", {})
-        if not isinstance(value, dict) or not props:
-            return ["not", "an", "object"]
-        if fault == "missing":
-            required = schema.get("required") or list(props)
-            return {k: v for k, v in value.items() if k not in required}
-        if fault == "types":
-            return {k: _wrong_type(self._deref(props[k], root)) for k in value}
-        if fault == "range":
-            return {k: _out_of_range(self._deref(props[k], root), v) for k, v in value.items()}
-        if fault == "hallucinated":
-            return {k: HALLUCINATED if _TITLE_FIELD.search(k) else v for k, v in value.items()}
-        raise ValueError(f"not a schema fault: {fault!r}")
-
-
-def _kind(schema: dict[str, Any]) -> str | None:
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), None)
-    if kind is None and "properties" in schema:
-        return "object"
-    return kind
-
-
-def _wrong_type(schema: dict[str, Any]) -> Any:
-    kind = _kind(schema)
-    if kind == "string":
-        return {"unexpected": [1, 2]}
-    if kind in ("integer", "number") or schema.get("enum"):
-        return "five"
-    return 12345
-
-
-def _out_of_range(schema: dict[str, Any], value: Any) -> Any:
-    if schema.get("enum"):
-        sample = schema["enum"][0]
-        return 10**9 if isinstance(sample, int | float) else "not-a-member"
-    kind = _kind(schema)
-    if kind in ("integer", "number"):
-        return 10**9
-    if kind == "string":
-        return "x" * (int(schema.get("maxLength", 10_000)) + 1)
-    return value
-
-
-def request_schema(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
-    """Return (shape, JSON schema or None, tool name or None) of a chat-completion request.
-
-    Shapes: `tools` (function calling), `json_schema`, `json_object` and `text`.
-    """
-    if body.get("tools"):
-        tools = [t["function"] for t in body["tools"] if t.get("type") == "function"]
-        chosen = body.get("tool_choice")
-        if isinstance(chosen, dict) and chosen.get("function"):
-            tools = [t for t in tools if t["name"] == chosen["function"]["name"]] or tools
-        return "tools", tools[0].get("parameters") or {"type": "object"}, tools[0]["name"]
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        return "json_schema", fmt["json_schema"].get("schema") or {"type": "object"}, None
-    if fmt.get("type") == "json_object":
-        return "json_object", fmt.get("schema"), None  # llama.cpp servers accept a schema here
-    return "text", None, None
-
-
-def _pad_strings(value: Any, chars: int) -> Any:
-    if isinstance(value, str):
-        return value + " and so on" * (chars // 10)
-    if isinstance(value, dict):
-        return {k: _pad_strings(v, chars) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_pad_strings(v, chars) for v in value]
-    return value
 
 
 class FakeOpenAI:
@@ -213,6 +86,7 @@ class FakeOpenAI:
         force: dict[str, Any] | None = None,
         api_key: str | None = None,
         keep_requests: int = 200,
+        refuse: dict[str, tuple[int, str]] | None = None,
         by_prompt: bool = False,
     ) -> None:
         """Configure the server; `start()` (or `with`) binds it.
@@ -224,7 +98,11 @@ class FakeOpenAI:
         timeout); `force` sets fields by name in every structured answer (e.g. `{"value": 10**9}`
         for a critic that always answers out of range; not counted as a fault); `api_key`, when
         set, makes every request with another bearer key fail with 401 (counted as `rejected`);
-        `by_prompt` seeds each answer from (seed, request body) instead of arrival order.
+        `by_prompt` seeds each answer from (seed, request body) instead of arrival order;
+        `refuse` maps request shapes (`json_schema`, `json_object`, `tools`, `text`) to the
+        (status, message) the server answers them with, as servers that do not take that
+        structured-output form do (counted as `refused`, never as a fault). A plain-text request
+        whose system message states a JSON Schema is answered with JSON inside prose.
         """
         unknown = sorted(set(faults) - set(FAULTS))
         if unknown or not 0.0 <= fault_rate <= 1.0:
@@ -233,6 +111,7 @@ class FakeOpenAI:
         self.fault_rate, self.faults, self.latency = fault_rate, tuple(faults), latency
         self.titles, self.retry_after, self.timeout_sleep = list(titles), retry_after, timeout_sleep
         self.force = dict(force or {})
+        self.refuse = dict(refuse or {})
         self.api_key = api_key
         self.seed, self.by_prompt = seed, by_prompt
         self._rng = random.Random(seed)
@@ -288,6 +167,7 @@ class FakeOpenAI:
                 "requests": self._counts["requests"],
                 "ok": self._counts["ok"],
                 "rejected": self._counts["rejected"],
+                "refused": self._counts["refused"],
                 "faults": sum(by_fault.values()),
                 "by_fault": dict(sorted(by_fault.items())),
                 **self._flight.summary(),
@@ -306,10 +186,10 @@ class FakeOpenAI:
     def _draw(self, shape: str, schema: dict[str, Any] | None) -> str | None:
         """Return the fault to serve for this request, or None (under the lock: seeded order)."""
         usable = [f for f in self.faults if f in HTTP_FAULTS or f in CONTENT_FAULTS]
-        if schema is not None and _kind(schema) == "object":
+        if schema is not None and schema_kind(schema) == "object":
             usable += [f for f in self.faults if f in SCHEMA_FAULTS and f != "hallucinated"]
             if "hallucinated" in self.faults and any(
-                _TITLE_FIELD.search(k) for k in schema.get("properties", {})
+                TITLE_FIELD.search(k) for k in schema.get("properties", {})
             ):
                 usable.append("hallucinated")
         if self._rng.random() >= self.fault_rate or not usable:
@@ -337,6 +217,12 @@ class FakeOpenAI:
             shown = sent.removeprefix("Bearer ")
             masked = f"{shown[:3]}...{shown[-2:]}" if len(shown) > 8 else "***"
             return _error(401, f"Incorrect API key provided: {masked} (fake)")
+        if shape in self.refuse:  # a server that does not take this request shape
+            with self._lock:
+                self._counts["requests"] += 1
+                self._counts["refused"] += 1
+                self.requests.append(body)
+            return _error(*self.refuse[shape])
         with self._lock:
             self._counts["requests"] += 1
             self.requests.append(body)
@@ -374,8 +260,10 @@ class FakeOpenAI:
             value = self._structured(build, schema, fault)
             text = json.dumps(value, ensure_ascii=False)
             if fault == "long":
-                text = json.dumps(_pad_strings(value, LONG_CHARS), ensure_ascii=False)
+                text = json.dumps(pad_strings(value, LONG_CHARS), ensure_ascii=False)
                 text += " " * max(0, LONG_CHARS - len(text))  # long even with no string fields
+            if shape == "text" and fault not in CONTENT_FAULTS:
+                text = f"Sure, here is my answer:\n```json\n{text}\n```\nHope it helps."
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if shape == "tools" and fault != "empty":
             call = {"id": "call_fake", "type": "function"}
@@ -522,48 +410,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Serve until interrupted (or for --serve-seconds), printing the URL and final stats."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
-    parser.add_argument("--fault-rate", type=float, default=0.0)
-    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to answers")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--by-prompt", action="store_true", help="answers depend on the request, not its order"
-    )
-    parser.add_argument("--retry-after", type=float, default=0.05)
-    parser.add_argument("--timeout-sleep", type=float, default=2.0)
-    parser.add_argument("--titles-file", help="one catalogue title per line, for title fields")
-    parser.add_argument("--serve-seconds", type=float, default=0.0, help="stop after (0: never)")
-    args = parser.parse_args(argv)
-    titles: list[str] = []
-    if args.titles_file:
-        with open(args.titles_file, encoding="utf-8") as fh:
-            titles = [line.strip() for line in fh if line.strip()]
-    fake = FakeOpenAI(
-        port=args.port,
-        fault_rate=args.fault_rate,
-        faults=[f for f in args.faults.split(",") if f],
-        latency=args.latency,
-        seed=args.seed,
-        titles=titles,
-        retry_after=args.retry_after,
-        timeout_sleep=args.timeout_sleep,
-        by_prompt=args.by_prompt,
-    )
-    with fake:
-        print(f"fake OpenAI endpoint: {fake.url}", flush=True)
-        try:
-            if args.serve_seconds > 0:
-                time.sleep(args.serve_seconds)
-            else:
-                threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-        print(json.dumps(fake.stats()), flush=True)
+if __name__ == "__main__":  # `python -m tests.fake_openai`: the command line is kept apart
+    from tests.fake_openai_cli import main
 
-
-if __name__ == "__main__":
     main()

@@ -31,6 +31,9 @@ CARD_KEYS = {
     "max_steps",
     "rating_hist",
     "policies",
+    "logged_items",
+    "planning_gap",
+    "verdict",
 }
 
 
@@ -44,7 +47,13 @@ def test_card_has_the_documented_keys(small):
     bundle, _ = small
     card = bundle.card
     assert set(card) >= CARD_KEYS
-    assert {"auc", "hr_at_10"} <= set(card["user_model"])
+    assert {"auc", "popularity_auc", "hr_at_10"} <= set(card["user_model"])
+    assert card["logged_items"] == "exclude"  # the default: no echo of the user's own log
+    assert {k: set(v) for k, v in card["planning_gap"].items()} == {
+        "myopic": {"len", "r_traj"},
+        "oracle": {"len", "r_traj"},
+    }
+    assert card["verdict"].split(":")[0] in ("ok", "warning")
     assert set(card["rating_hist"]) == {"positives", "random"}
     assert set(card["policies"]) == {"random", "popularity", "itemcf", "oracle"}
     for metrics in card["policies"].values():

@@ -118,3 +118,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and needle in result.output
     assert "Traceback" not in result.output
+
+
+def test_demo_shows_billp_beside_reflexion_on_the_same_users(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke(
+        "demo", "--dataset", "synthetic", "--llm", "scripted", "--embeddings", "hashing",
+        "--train-users", "2", "--train-batch", "1", "--test-users", "2", "--max-steps", "3",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert {"billp", "reflexion", "itemcf", "oracle"} <= set(results["methods"])
+    assert results["config"]["grounding"] == "shortlist"  # what a 135M model can do
+    assert "billp" in results["methods"] and results["methods"]["billp"]["learning"]
+    users = defaultdict(set)
+    for record in EpisodeLog(out).records():
+        if record["phase"] == "test":
+            users[record["method"]].add(record["user"])
+    assert users["billp"] == users["reflexion"] == users["random"]
+    assert (out / "report.html").is_file() and "report.html" in result.output

@@ -14,7 +14,6 @@ from eval.log import EpisodeLog
 from eval.protocol import RunConfig
 from eval.report import PLOTS, render
 from graph import build_graph
-from nodes.resources import clear_cache
 
 # What must not depend on how episodes were scheduled (seconds and cache hits may).
 STABLE = ("len", "r_traj", "quit_reason", "llm_calls", "prompt_tokens", "reflection", "status")
@@ -48,14 +47,12 @@ def outcomes(run: Path) -> dict:
 def sequential_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("k1") / "run"
     Experiment(config(concurrency=1), run).run()
-    clear_cache()
     return run
 
 
 def test_concurrency_gives_the_same_episodes(sequential_run, tmp_path):
     run = tmp_path / "k4"
     Experiment(config(concurrency=4), run).run()
-    clear_cache()
     a, b = outcomes(sequential_run), outcomes(run)
     assert set(a) == set(b)
     assert a == b
@@ -76,7 +73,6 @@ def test_rerunning_a_finished_run_changes_nothing_and_a_torn_tail_reruns(sequent
     torn = lines[last][: len(lines[last]) // 2]
     log_file.write_bytes(b"".join(lines[:last] + lines[last + 1 :]) + torn)
     Experiment(config(concurrency=2), run).run()
-    clear_cache()
     assert outcomes(run) == outcomes(sequential_run)
     assert len(log_file.read_bytes().splitlines()) == len(lines)
 
@@ -90,7 +86,6 @@ def test_frozen_test_leaves_memories_untouched_and_continual_changes_them(tmp_pa
     run = tmp_path / "run"
     c = config(methods=["billp"], train_users=2, test_users=2, seeds=[0], continual=continual)
     Experiment(c, run).run()
-    clear_cache()
     seed_dir = run / "billp" / "seed-0"
     after_train = seed_dir / "snapshots" / "b0001-train"
     tests = EpisodeLog(run).select(method="billp", phase="test")
@@ -118,7 +113,6 @@ def test_a_failing_episode_is_retried_then_recorded_as_failed(tmp_path, monkeypa
 
     monkeypatch.setattr(experiment_module, "build_graph", patched)
     Experiment(c, tmp_path / "run").run()
-    clear_cache()
     records = {r["user"]: r for r in EpisodeLog(tmp_path / "run").select(method="react")}
     assert len(records) == 3
     assert records[unlucky]["status"] == "failed" and records[unlucky]["attempts"] == 2

@@ -31,13 +31,6 @@ from graph import Context, build_graph
 from nodes.resources import clear_cache, get_resources
 
 
-@pytest.fixture(autouse=True)
-def fresh_resources():
-    clear_cache()
-    yield
-    clear_cache()
-
-
 def test_users_are_seeded_prefixes():
     users = list(range(100, 150))
     a = select_users(users, 5, seed=0, split="test")

@@ -5,16 +5,13 @@ from __future__ import annotations
 import pytest
 
 from graph import Context, build_graph
-from nodes.resources import clear_cache
 
 
 @pytest.fixture
 def context(tmp_path):
-    clear_cache()
-    yield Context(
+    return Context(
         dataset="synthetic", llm="scripted", embeddings="hashing", memory_dir=str(tmp_path / "m")
     )
-    clear_cache()
 
 
 def test_insert_an_explainer_after_the_actor(context):

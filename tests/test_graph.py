@@ -18,16 +18,13 @@ QUIT_REASONS = {"low_rating", "similar", "repeat", "max_steps"}
 
 def ctx(tmp_path: Path, **kw: Any) -> Context:
     base = dict(
-        dataset="synthetic", llm="scripted", embeddings="hashing", memory_dir=str(tmp_path / "mem")
+        dataset="synthetic",
+        llm="scripted",
+        embeddings="hashing",
+        memory_dir=str(tmp_path / "mem"),
+        learn=True,
     )
     return Context(**{**base, **kw})
-
-
-@pytest.fixture(autouse=True)
-def fresh_resources():
-    clear_cache()
-    yield
-    clear_cache()
 
 
 def test_python_api_runs_an_episode_to_the_end(tmp_path):
@@ -50,15 +47,38 @@ async def test_async_invoke_and_max_steps_truncation(tmp_path):
         assert len(result["steps"]) == 3 and all(s["accepted"] for s in result["steps"])
 
 
-def test_advantage_follows_the_td_rule(tmp_path):
+def test_advantage_follows_the_td_rule_on_the_critics_scale(tmp_path):
     c = ctx(tmp_path)
     result = build_graph().invoke({"user_id": 2}, context=c)
     previous = 0.0  # V(s0) = 0
     for step in result["steps"]:
-        expected = step["reward"] + c.gamma * step["value"] - previous
-        assert step["advantage"] == pytest.approx(expected)
+        quit = step["quit_reason"] in {"low_rating", "similar", "repeat"}
+        reward = -10.0 if quit else step["rating"] - 3.0  # learning reward (nodes.lessons)
+        raw = reward + c.gamma * step["value"]
+        assert step["value_before"] == previous
+        assert step["advantage"] == pytest.approx(raw - previous)
+        assert step["target"] == pytest.approx(min(5.0, max(-5.0, raw)))
+        assert -5.0 <= step["target"] <= 5.0  # the critic's own scale
         previous = step["value"]
     assert result["steps"][-1]["value"] == 0.0  # V = 0 once the episode ended
+
+
+def test_quitting_step_is_always_stored_as_bad(tmp_path):
+    c = ctx(tmp_path)
+    for user in range(20):
+        result = build_graph().invoke({"user_id": user}, context=c)
+        if result["quit_reason"] in {"low_rating", "similar", "repeat"}:
+            break
+    else:
+        pytest.fail("no episode ended with a quit")
+    last = result["steps"][-1]
+    assert last["advantage"] < 0
+    res = get_resources(c)
+    before = {**result, "recommended": result["recommended"][:-1]}
+    from nodes.views import state_key
+
+    labels = res.memories.actor.memory.get(state_key(res, before))
+    assert labels[str(last["item"])] == -1
 
 
 def test_memories_persist_and_are_reused_after_a_restart(tmp_path):
@@ -81,6 +101,8 @@ def test_frozen_run_leaves_memories_untouched(tmp_path):
     before = {p: p.read_bytes() for p in (tmp_path / "mem").rglob("*") if p.is_file()}
     result = build_graph().invoke({"user_id": 5}, context=ctx(tmp_path, learn=False))
     assert result["done"]
+    # The default (learn=None) plays the test env without writing either.
+    build_graph().invoke({"user_id": 6}, context=ctx(tmp_path, learn=None))
     after = {p: p.read_bytes() for p in (tmp_path / "mem").rglob("*") if p.is_file()}
     assert before == after
     assert len(get_resources(ctx(tmp_path)).memories.macro) == 1
@@ -89,8 +111,8 @@ def test_frozen_run_leaves_memories_untouched(tmp_path):
 def test_reflections_retrieved_top_k(tmp_path):
     c = ctx(tmp_path, reflection_k=2)
     for user in (6, 7, 8):
-        build_graph("reflexion").invoke({"user_id": user}, context=c)
-    result = build_graph("reflexion").invoke({"user_id": 9}, context=c)
+        build_graph("billp").invoke({"user_id": user}, context=c)
+    result = build_graph("billp").invoke({"user_id": 9}, context=c)
     assert len(result["reflections"]) == 2
 
 
@@ -98,6 +120,8 @@ def test_reflections_retrieved_top_k(tmp_path):
     ("variant", "nodes"),
     [
         ("billp", {"start", "planner", "actor", "user", "critic", "reflector"}),
+        ("billp-nomacro", {"start", "planner", "actor", "user", "critic"}),
+        ("billp-nomicro", {"start", "planner", "actor", "user", "reflector"}),
         ("reflexion", {"start", "planner", "actor", "user", "reflector"}),
         ("react", {"start", "planner", "actor", "user"}),
         ("actonly", {"start", "actor", "user"}),

@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from graph import Context, build_graph
-from nodes.resources import clear_cache, get_resources
+from nodes.resources import get_resources
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,6 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(autouse=True)
-def fresh_resources():
-    clear_cache()
-    yield
-    clear_cache()
 
 
 def test_episode_on_the_local_model_completes_offline(tmp_path, local_model, no_network):

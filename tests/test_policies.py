@@ -254,3 +254,31 @@ def test_every_policy_satisfies_the_protocol() -> None:
             steps.step(actions[:, t])
         for row, n in zip(actions.tolist(), state.step.tolist(), strict=True):
             assert len(set(row[:n])) == n, policy.name  # never a repeat within an episode
+
+
+def test_every_policy_skips_the_items_a_world_excludes() -> None:
+    """Excluded items are the best-rated, most popular and most co-occurring: all skip them."""
+    world, train, history = block_world()
+    ex = [[*sorted(history[u])[:2], int(world.ratings[r].argmax())] for r, u in enumerate(history)]
+    closed = UserWorld(
+        world.ratings, world.item_vectors, world.tau, world.user_ids, 4, 20, excluded=ex
+    )
+    logged = torch.as_tensor(train["item"].to_numpy(copy=True))
+    counts = torch.bincount(logged, minlength=75).float()
+    counts[[i for row in ex for i in row]] += 100.0  # excluded items top the popularity list
+    users = list(history)
+    policies = {
+        "random": RandomPolicy(75, seed=0),
+        "popularity": PopularityPolicy(counts),
+        "itemcf": ItemCFPolicy(train, 75, history, world.item_vectors, world.tau),
+        "oracle": OraclePolicy(closed),
+    }
+    for name, policy in policies.items():
+        actions = run(closed, policy, users)
+        for row, user in enumerate(users):
+            assert not set(actions[row].tolist()) & set(ex[row]), (name, user)
+        # The same policy in the open world does take an excluded item.
+        if name != "random":
+            policy = OraclePolicy(world) if name == "oracle" else policy
+            opened = run(world, policy, users)
+            assert any(set(opened[r].tolist()) & set(ex[r]) for r in range(len(users))), name

@@ -51,8 +51,9 @@ USER = 7
 @pytest.fixture
 def planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A synthetic world whose user-7 history titles are adversarial, with planted reflections."""
-    resources.clear_cache()
-    bundle = build_env(EnvConfig(dataset="synthetic"))
+    # "allow": the scripted actor names a history title, and the exact match below proves the
+    # quoting round-trips (under the default "exclude" grounding would skip the user's own item).
+    bundle = build_env(EnvConfig(dataset="synthetic", logged_items="allow"))
     history = bundle.histories[USER][-len(TITLES) :]
     items = bundle.dataset.items.copy()
     # The loaders normalize every title, so that is the form a catalogue can hold.
@@ -66,13 +67,13 @@ def planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
         embeddings="hashing",
         memory_dir=str(tmp_path / "mem"),
         max_steps=4,
+        learn=True,  # the reflector stores the injected reflection (the test env by default won't)
     )
     resources._cache[("env", ctx.dataset, ctx.data_dir, ctx.env_seed)] = bundle
     macro = resources.get_resources(ctx).memories.macro
     for text in REFLECTIONS:
         macro.add(text, f"context of {text[:10]}")
     yield {"ctx": ctx, "titles": titles, "history": history, "all_titles": items["title"].tolist()}
-    resources.clear_cache()
 
 
 def check_prompt(msgs: list[BaseMessage], planted: list[str]) -> None:
@@ -128,7 +129,7 @@ async def test_a_model_that_obeys_the_injection_is_still_grounded(planted, monke
         check_grounded(result, planted["all_titles"])
         assert all(s["action"] == "X" and s["match"] == "embedding" for s in result["steps"])
         assert result["reflection"] == injected  # stored verbatim in macro memory...
-        again = await build_graph("reflexion").ainvoke({"user_id": USER}, context=ctx)
+        again = await build_graph("billp-nomicro").ainvoke({"user_id": USER}, context=ctx)
         assert injected in again["reflections"]
         check_grounded(again, planted["all_titles"])
         for body in fake.requests:  # ...and shown only quoted in every later prompt

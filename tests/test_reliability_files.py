@@ -172,16 +172,12 @@ def test_corrupt_memory_stops_a_graph_run_with_its_path(tmp_path):
 
     mem = tmp_path / "mem"
     ctx = Context(dataset="synthetic", llm="scripted", embeddings="hashing", memory_dir=str(mem))
-    clear_cache()
-    try:
-        get_resources(ctx).memories.macro.add("A lesson.", "history: x")
-        get_resources(ctx).memories.save()
-        clear_cache()  # a new process
-        truncate(mem / "macro" / ENTRIES_FILE)
-        with pytest.raises(MemoryCorruptError, match=str(mem / "macro")):
-            get_resources(ctx)
-    finally:
-        clear_cache()
+    get_resources(ctx).memories.macro.add("A lesson.", "history: x")
+    get_resources(ctx).memories.save()
+    clear_cache()  # a new process
+    truncate(mem / "macro" / ENTRIES_FILE)
+    with pytest.raises(MemoryCorruptError, match=str(mem / "macro")):
+        get_resources(ctx)
 
 
 # ---------------------------------------------------------------- embedding cache

@@ -48,14 +48,13 @@ def fake_llm(
         monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(CLIENT_TIMEOUT_S))
         # make_chat_model caches clients per spec, not per base URL: start from a clean slate.
         monkeypatch.setattr(llms, "_CACHE", {})
-        monkeypatch.setattr(openai_llm, "_NO_JSON_SCHEMA", set())
+        openai_llm.reset_endpoints()  # no negotiated modes or endpoint health from earlier tests
         clear_cache()
         return fake
 
     yield start
     for fake in servers:
         fake.stop()
-    clear_cache()
 
 
 def context(tmp_path: Path, **kw: Any) -> Context:
@@ -171,7 +170,7 @@ def test_fake_server_speaks_every_shape_and_counts_faults(fake_llm):
     msgs = messages("system", "user")
     plain = asyncio.run(llms.call_text(model, msgs, transient_retries=6))
     via_schema = llms.call_structured_sync(model, msgs, Value, retries=6, transient_retries=6)
-    openai_llm._NO_JSON_SCHEMA.add(llms._base_url(model))
+    openai_llm.pin_mode(model, "tools")
     via_tools = llms.call_structured_sync(model, msgs, TitleChoice, retries=6, transient_retries=6)
     assert plain.ok and via_schema.ok and via_tools.ok
     assert "tools" in fake.requests[-1] and "response_format" not in fake.requests[-1]

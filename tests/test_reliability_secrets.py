@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 import nodes.llms as llms
 from graph import Context, build_graph
 from nodes.prompts import Plan
-from nodes.resources import clear_cache, get_resources
+from nodes.resources import get_resources
 from nodes.views import messages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,9 +38,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
         monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0.01")
         monkeypatch.setenv("BILLP_LLM_TIMEOUT", "0.5")
         monkeypatch.setattr(llms, "_CACHE", {})
-        clear_cache()
         yield server
-    clear_cache()
 
 
 def context(tmp_path: Path) -> Context:
@@ -59,19 +57,19 @@ def assert_no_secret(where: str, data: Any) -> None:
     assert SECRET.encode().hex() not in text, f"the API key leaked (hex) into {where}"
 
 
-def test_key_never_stored_in_state_checkpoints_memories_or_logs(tmp_path, fake, caplog):
+async def test_key_never_stored_in_state_checkpoints_memories_or_logs(tmp_path, fake, caplog):
     caplog.set_level(logging.DEBUG)  # openai and httpx log requests at DEBUG
     ctx = context(tmp_path)
     db = tmp_path / "checkpoints.sqlite"
-    with SqliteSaver.from_conn_string(str(db)) as saver:
+    async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:  # our nodes are async
         graph = build_graph(checkpointer=saver)
         config = {"configurable": {"thread_id": "secret-test"}}
-        result = graph.invoke({"user_id": 1}, config=config, context=ctx)
+        result = await graph.ainvoke({"user_id": 1}, config=config, context=ctx)
         blobs = [
             saver.serde.dumps_typed(c.checkpoint)[1] + json.dumps(c.metadata, default=str).encode()
-            for c in saver.list(config)
+            async for c in saver.alist(config)
         ]
-        history = [repr(s.values) for s in graph.get_state_history(config)]
+        history = [repr(s.values) async for s in graph.aget_state_history(config)]
     assert result["done"] and fake.stats()["faults"] > 0
     # The key was really used: the server saw it on every request.
     assert fake.stats()["rejected"] == 0 and fake.headers[0]["authorization"] == f"Bearer {SECRET}"

@@ -39,6 +39,8 @@ OFFLINE_ENV = {
     "LANGCHAIN_TRACING_V2": "false",
 }
 
+pytestmark = pytest.mark.slow  # a real `langgraph dev` server: minutes to start on 2 busy cores
+
 pytest.importorskip("langgraph_sdk", reason="needs the dev extra (langgraph-sdk)")
 pytest.importorskip("langgraph_api", reason="needs the dev extra (langgraph-cli[inmem])")
 

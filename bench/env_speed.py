@@ -80,7 +80,15 @@ def measure(dataset: str, batch: int, seconds: float) -> dict[str, Any]:
         out[key] = round(batched_steps_per_s(bundle, batch, seconds))
     out["env_batched_steps_per_s"] = max(v for k, v in out.items() if k.endswith("thread"))
     out["batch"] = batch
-    out["policies"] = bundle.card["policies"]
+    card = bundle.card
+    out["policies"] = card["policies"]
+    out["card"] = {
+        "logged_items": card.get("logged_items"),
+        "planning_gap": card.get("planning_gap"),
+        "auc": (card.get("user_model") or {}).get("auc"),
+        "popularity_auc": (card.get("user_model") or {}).get("popularity_auc"),
+        "verdict": card.get("verdict"),
+    }
     return out
 
 

@@ -117,7 +117,7 @@ def synthetic_run(out: Path, test_users: int, train_users: int, seed: int = 0) -
     from eval.metrics import episode_metrics
     from eval.protocol import CONFIG_FILE, RunConfig
     from memory.vector import VectorMemory
-    from simulator.files import atomic_write_json
+    from storage.files import atomic_write_json
 
     rng = random.Random(seed)
     titles = [f"The {_text(rng, 2).title()} {i}" for i in range(2000)]

@@ -30,11 +30,11 @@ import nodes.scripted_agent as scripted_agent
 from bench import reference_prompt as ref
 from bench.common import main as cli
 from eval.metrics import episode_metrics
+from graph import Context
 from graph.builder import build_graph
-from graph.context import Context
-from nodes.local_llm import find_local_model
+from nodes.llm.local import find_local_model
+from nodes.llm.scripted import register_scripted_responder
 from nodes.resources import Resources, get_resources
-from nodes.scripted import register_scripted_responder
 
 RESPONDER = "prompt_cost"
 CURVE_STEPS = (1, 5, 10, 20, 30, 40, 50)

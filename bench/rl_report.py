@@ -16,7 +16,7 @@ REFERENCE_STYLE = {  # name -> (label, colour, line style)
     "oracle": ("oracle (ceiling)", "black", "--"),
     "itemcf": ("item-CF", "tab:red", "--"),
     "top_candidate": ("top candidate (no RL)", "tab:grey", ":"),
-    "random": ("random", "tab:brown", ":"),
+    "random": ("random", "tab:olive", "-."),
 }
 
 
@@ -47,9 +47,11 @@ def section(r: dict[str, Any], images: Images, fmt: Fmt) -> list[str]:
         return []
     lines = ["## 8. RL learning curves", "", "Command: `python -m bench.rl_curves`.", ""]
     lines += [
-        f"Seed {details.get('seed')}, greedy policy measured during training on the first "
-        f"{details.get('curve_users')} test users (test env); budgets {details.get('budgets')}; "
-        f"`--rl-steps` default {fmt(details.get('default_rl_steps'))}. {details.get('note', '')}",
+        f"Seed {details.get('seed')}; test R_traj of the greedy policy on the first "
+        f"{details.get('curve_users')} test users; budgets {details.get('budgets')}; "
+        f"`--rl-steps` default {fmt(details.get('default_rl_steps'))}. {details.get('note', '')} "
+        "Converged at: the first point from which test R_traj stays within 2% of the plateau "
+        "(mean of the last 3 points); – when it never settles.",
         "",
     ]
     lines += _image(images, "rl_curves", "test R_traj against training env steps")
@@ -62,9 +64,22 @@ def section(r: dict[str, Any], images: Images, fmt: Fmt) -> list[str]:
                  fmt(a["steps_per_second"], 0), fmt(a["converged_steps"]), fmt(a["final_test"]),
                  fmt(a["best_test"])]
             )  # fmt: skip
-        refs = ", ".join(f"{k} {fmt(v)}" for k, v in entry["reference"].items())
-        rows.append([dataset, "reference", "–", "–", "–", "–", refs, "–"])
-    return lines + _table(head, rows) + _beside_item_cf(r, fmt)
+    refs = [
+        f"- {dataset}: "
+        + ", ".join(
+            f"{REFERENCE_STYLE.get(k, (k,))[0]} {fmt(v)}" for k, v in entry["reference"].items()
+        )
+        for dataset, entry in data.items()
+    ]
+    lines += [*_table(head, rows), "Reference lines, same users:", *refs, ""]
+    lines += [
+        "How to read it: the agents choose among candidates ranked by the training model, so "
+        "`top candidate` (always the first) is what that ranking gives on its own. A curve that "
+        "levels off on that line has learned to take the best-ranked safe candidate; above it, "
+        "RL adds to the ranking; item-CF and the oracle are the baseline and the ceiling.",
+        "",
+    ]
+    return lines + _beside_item_cf(r, fmt)
 
 
 def _beside_item_cf(r: dict[str, Any], fmt: Fmt) -> list[str]:

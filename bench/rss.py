@@ -39,7 +39,7 @@ def child(users: int, dataset: str, out: Path) -> None:
 
     from eval.experiment import Experiment
     from eval.protocol import RunConfig
-    from nodes.local_llm import find_local_model, load_llama
+    from nodes.llm.local import find_local_model, load_llama
 
     torch.set_num_threads(1)
     facts: dict[str, Any] = {"after_imports_mb": rss_mb()}

@@ -37,7 +37,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, ConfigDict
 
-from nodes.llms import CALL_SEED
+from nodes.llm.calls import CALL_SEED
 
 CACHE_FILE = "llm_cache.sqlite"
 

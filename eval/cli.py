@@ -115,6 +115,12 @@ CacheDirOpt = Annotated[
 RetriesOpt = Annotated[int, typer.Option("--retries", help="Retries of an episode that raised")]
 RLStepsOpt = Annotated[int, typer.Option("--rl-steps", help="Training env steps of RL baselines")]
 EnvSeedOpt = Annotated[int, typer.Option("--env-seed", help="Seed of the environment build")]
+LoggedOpt = Annotated[
+    str,
+    typer.Option(
+        "--logged-items", help="exclude (never recommend what a user logged) or allow (reference)"
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line")]
 PauseOpt = Annotated[float, typer.Option("--step-pause", hidden=True)]  # tests: kill mid-episode
 MemBackendOpt = Annotated[
@@ -148,7 +154,7 @@ def _options(debug: DebugOpt = False) -> None:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from memory.vector import MemoryCorruptError
-    from nodes.llms import LLMError
+    from nodes.llm.calls import LLMError
 
     return (ValueError, DataError, LLMError, OSError, MemoryCorruptError)
 
@@ -251,7 +257,8 @@ def experiment(
     ).validate()
     run_dir = out_dir or Path("runs") / f"{dataset}-{'-'.join(methods)}"[:120]
     with friendly_errors(run_dir):
-        build_with_progress(EnvConfig(dataset=dataset, seed=config.env_seed), data_dir, False)
+        env = EnvConfig(dataset=dataset, seed=config.env_seed, logged_items=config.logged_items)
+        build_with_progress(env, data_dir, False)
         columns = (
             TextColumn("{task.description:>12}"),
             BarColumn(),
@@ -321,6 +328,7 @@ def run(
     retries: RetriesOpt = 2,
     rl_steps: RLStepsOpt = 250_000,
     env_seed: EnvSeedOpt = 0,
+    logged_items: LoggedOpt = "exclude",
     memory_backend: MemBackendOpt = "faiss",
     executor: ExecOpt = "local",
     ray_address: RayAddrOpt = None,
@@ -369,6 +377,7 @@ def compare(
     retries: RetriesOpt = 2,
     rl_steps: RLStepsOpt = 250_000,
     env_seed: EnvSeedOpt = 0,
+    logged_items: LoggedOpt = "exclude",
     memory_backend: MemBackendOpt = "faiss",
     executor: ExecOpt = "local",
     ray_address: RayAddrOpt = None,

@@ -24,6 +24,7 @@ of episodes at once; the driver's limit is the only one), and several runs can s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -225,7 +226,7 @@ class EpisodeWorker:
         memory_dir = await self._memory_dir(snapshot)
         if memory_dir is not None:
             ctx = dataclasses.replace(ctx, memory_dir=memory_dir)
-        res = await aget_resources(ctx)
+        res = await aget_resources(ctx, method)
         cache = self._cache(spec.get("cache_path"))
         if cache is not None:
             install_cache(res, spec["llm"], cache, spec["temperature"], ctx.seed)
@@ -347,9 +348,13 @@ class RayExecutor:
 
     def _replace(self, dead: Any) -> None:
         if dead in self.actors:
+            import ray
+
             self.deaths += 1
             log.warning("a Ray episode worker died; starting a replacement")
             self.actors[self.actors.index(dead)] = self._new_actor()
+            with contextlib.suppress(Exception):  # unreachable, not dead: never let it linger
+                ray.kill(dead, no_restart=True)
 
     async def run_episode(
         self, graph: Any, ctx: Any, *, method: str, user: int, thread_id: str, retries: int

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.log import EPISODES_FILE, EpisodeLog
-from simulator.files import atomic_write_bytes
+from storage.files import atomic_write_bytes
 
 FORMATS = ("jsonl",)
 EXPORT_FILE = "steps_export.jsonl"

@@ -28,7 +28,7 @@ from eval.html_memory import memory_panels, memory_section
 from eval.log import EPISODES_FILE, EpisodeLog
 from eval.protocol import CONFIG_FILE, RunConfig
 from eval.report import PLOTS, method_kind
-from simulator.files import atomic_write_bytes
+from storage.files import atomic_write_bytes
 
 REPORT_HTML = "report.html"
 ASSETS = Path(__file__).with_name("html_assets")

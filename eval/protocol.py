@@ -43,7 +43,7 @@ import numpy as np
 
 from graph import LEARNING_VARIANTS, VARIANTS, Context
 from nodes.lessons import learn_episode
-from simulator.files import atomic_write_json, sha256_file
+from storage.files import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class RunConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
     env_seed: int = 0
+    logged_items: str = "exclude"
+    """Whether users may be recommended items from their own logged history (`EnvConfig`)."""
     llm: str = "local"
     embeddings: str = "minilm"
     train_users: int = 10
@@ -132,6 +134,7 @@ class RunConfig:
             (self.critic in ("llm", "learned"), "--critic is llm or learned"),
             (self.memory_backend in ("faiss", "store"), "--memory-backend is faiss or store"),
             (self.hint_rule in ("derived", "reference"), "--hint-rule is derived or reference"),
+            (self.logged_items in ("exclude", "allow"), "--logged-items is exclude or allow"),
             (0 < self.actor_quantile <= 1, "--actor-quantile must be in (0, 1]"),
             (0 < self.critic_quantile <= 1, "--critic-quantile must be in (0, 1]"),
         ]
@@ -165,28 +168,28 @@ class RunConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def context(self, *, seed: int, split: str, memory_dir: Path | None) -> Context:
-        """Return the graph context of one phase; the graph never writes memories itself."""
+        """Return the graph context of one phase; the graph never writes memories itself.
+
+        Every field the two share by name comes from this config (`CONTEXT_FIELDS`), so a knob
+        added to both reaches the graph without a hand-kept copy here.
+        """
+        shared = {name: getattr(self, name) for name in CONTEXT_FIELDS}
         return Context(
-            dataset=self.dataset,
-            data_dir=self.data_dir,
+            **shared,
             split=split,  # type: ignore[arg-type]
-            env_seed=self.env_seed,
-            llm=self.llm,
-            embeddings=self.embeddings,
             memory_dir=str(memory_dir) if memory_dir else None,
-            memory_backend=self.memory_backend,  # type: ignore[arg-type]
             learn=False,  # lessons are written after each batch by learn_from
-            gamma=self.gamma,
-            max_steps=self.max_steps,
-            temperature=self.temperature,
-            grounding=self.grounding,  # type: ignore[arg-type]
-            critic=self.critic,  # type: ignore[arg-type]
-            hint_rule=self.hint_rule,  # type: ignore[arg-type]
-            actor_quantile=self.actor_quantile,
-            critic_quantile=self.critic_quantile,
-            explore=self.explore,
             seed=seed,
         )
+
+
+CONTEXT_FIELDS = tuple(
+    sorted(
+        {f.name for f in dataclasses.fields(RunConfig)}
+        & {f.name for f in dataclasses.fields(Context)} - {"split", "memory_dir", "learn", "seed"}
+    )
+)
+"""The RunConfig fields that configure the graph run (same name, same meaning in `Context`)."""
 
 
 def select_users(users: list[int], n: int, seed: int, split: str) -> list[int]:

@@ -28,7 +28,7 @@ from eval.protocol import (
     TIMINGS_FILE,
     RunConfig,
 )
-from simulator.files import atomic_write_bytes
+from storage.files import atomic_write_bytes
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"

@@ -32,14 +32,14 @@ from torch import nn
 
 from eval.rl_obs import Encoder, UserContext, item_features
 from simulator.env import BatchState, UserWorld
-from simulator.files import atomic_write_bytes, atomic_write_json
 from simulator.policies import evaluate_policy, summarize
+from storage.files import atomic_write_bytes, atomic_write_json
 
 __all__ = ["RL_METHODS", "RLConfig", "SB3Policy", "item_features", "rl_policy", "train"]
 
 RL_METHODS: tuple[str, ...] = ("a2c", "dqn", "ppo")
 WEIGHTS_FILE, CONFIG_FILE = "policy.safetensors", "config.json"
-_FORMAT = "billp-sb3-policy/3"  # bump when the observation or action mapping changes
+_FORMAT = "billp-sb3-policy/4"  # bump when the observation or action mapping changes
 
 # Per-algorithm settings for many parallel users (RLConfig.algo_kwargs overrides).
 _ALGO_KWARGS: dict[str, dict[str, Any]] = {

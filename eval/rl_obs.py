@@ -11,10 +11,11 @@ Observation, all from what a recommender logs (never the simulator's ratings):
 Action: one of the K candidates (`Discrete(K)`) — RL re-ranking a candidate set, as RL4Rec work
 does at catalogue scale: the action space does not grow with the 13k Amazon items, DQN applies
 as is, and every action is a legal item. Items are ranked per user by a history score (mean
-history vector . item vector + item bias, of the *training* model); excluded items (the user's
-logged items when the env excludes them) and items already recommended are never candidates.
-Each step every item is checked against the window (one matmul on unit vectors, as item-CF's
-full scan does): the K candidates are the best-ranked safe items, then unsafe ones if too few.
+vector of the user's logged items and of this episode's accepted ones, as item-CF folds them in,
+dotted with each item vector, plus the item bias; all of the *training* model); excluded items
+(the user's logged items when the env excludes them) and items already recommended are never
+candidates. Each step every item is checked against the window (one matmul on unit vectors, as
+item-CF's full scan does): the K candidates are the best-ranked safe items, then unsafe ones.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def item_features(item_vectors: Tensor) -> Tensor:
 
 @dataclass
 class UserContext:
-    """Per-row data fixed for an episode: history features and the item ranking."""
+    """Per-row data of an episode: history features, the item ranking and the window's geometry."""
 
     history: Tensor
     """[B, (1 + n_last) * d]: mean history features, then the last logged items' features."""
@@ -58,6 +59,14 @@ class UserContext:
     (-2 while empty): the window's similarities, one new row per step instead of W."""
     ring_step: Tensor
     """[B] the step up to which `ring` is filled."""
+    taste: Tensor
+    """[B, d] sum of the training model's vectors of the user's logged items."""
+    count: Tensor
+    """[B, 1] how many logged items `taste` sums."""
+    session: Tensor
+    """[B, d] sum of the vectors of this episode's recommended (hence accepted) items."""
+    scale: Tensor
+    """[B, 2] mean and std of the row's start-of-episode scores (to standardize later ones)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +127,8 @@ class Encoder:
             raise ValueError(f"Encoder: history item ids must lie in [0, {n})")
         owner = torch.repeat_interleave(torch.arange(b), lengths)
         count = lengths.clamp_min(1).unsqueeze(1).float()
-        raw = torch.zeros(b, d).index_add_(0, owner, self.vectors[flat]) / count
+        taste = torch.zeros(b, d).index_add_(0, owner, self.vectors[flat])
+        raw = taste / count
         mean = torch.zeros(b, d).index_add_(0, owner, self.features[flat]) / count  # type: ignore[attr-defined]
         last = torch.full((b, self.n_last), n, dtype=torch.long)
         for row, h in enumerate(logs):
@@ -135,11 +145,15 @@ class Encoder:
         mu = kept.sum(1, keepdim=True) / k
         sd = ((kept - mu).square() * finite).sum(1, keepdim=True).div(k).sqrt().clamp_min(1e-6)
         z = ((scores - mu) / sd).masked_fill(~finite, -math.inf)
-        key = (-z).clamp(max=_UNSAFE / 2)  # -inf scores (excluded) become +inf keys
+        key = (-z).clamp(-_UNSAFE / 2, _UNSAFE / 2)  # so safe keys stay below unsafe ones
         key = key.masked_fill(~finite, math.inf)
         ring = torch.full((b, self.window, n), -2.0)
         steps = torch.zeros(b, dtype=torch.long)
-        return UserContext(history=history, score=z, key=key, ring=ring, ring_step=steps)
+        return UserContext(
+            history=history, score=z, key=key, ring=ring, ring_step=steps, taste=taste,
+            count=lengths.unsqueeze(1).float(), session=torch.zeros(b, d),
+            scale=torch.cat([mu, sd], 1),
+        )  # fmt: skip
 
     def _fill_ring(self, ctx: UserContext, state: BatchState) -> None:
         """Add the cosines of items recommended since the last call to each row's ring."""
@@ -152,6 +166,7 @@ class Encoder:
         far = (gap > w).nonzero().squeeze(1)  # steps older than the window were not seen
         if far.numel():
             ctx.key[far] = ctx.key[far].masked_fill(state.recommended[far], math.inf)
+            ctx.session[far] = state.recommended[far].float() @ self.vectors
         # Window position j holds the item of step t - (w - 1 - j); fill the missing steps.
         for j in range(w):
             item_step = state.step - (w - 1 - j)
@@ -161,7 +176,27 @@ class Encoder:
                 cos = self.distance_vectors.index_select(0, items) @ self.distance_vectors.T
                 ctx.ring[rows, (item_step[rows] - 1) % w] = cos
                 ctx.key[rows, items] = math.inf  # recommended: never again
+                near = gap[rows] <= w  # far rows got their session sum above
+                ctx.session[rows[near]] += self.vectors[items[near]]
+        self._rescore(ctx, state, gap.nonzero().squeeze(1))
         ctx.ring_step.copy_(state.step)
+
+    def _rescore(self, ctx: UserContext, state: BatchState, rows: Tensor) -> None:
+        """Re-rank `rows` by the mean of logged and episode items, as item-CF folds them in.
+
+        The episode's items are part of what the user showed they like (every recommended item
+        of a running episode was accepted); scores stay standardized by the start-of-episode
+        mean and std, and excluded or used items keep their infinite key.
+        """
+        n_seen = ctx.count[rows] + state.step[rows].unsqueeze(1).float()
+        taste = (ctx.taste[rows] + ctx.session[rows]) / n_seen.clamp_min(1.0)
+        mu, sd = ctx.scale[rows, :1], ctx.scale[rows, 1:]
+        z = (taste @ self.vectors.T + self.item_bias - mu) / sd
+        blocked = ~torch.isfinite(ctx.key[rows])
+        excluded = ~torch.isfinite(ctx.score[rows])
+        ctx.score[rows] = z.masked_fill(excluded, -math.inf)
+        key = (-z).clamp(-_UNSAFE / 2, _UNSAFE / 2)
+        ctx.key[rows] = key.masked_fill(blocked, math.inf)
 
     def encode(self, ctx: UserContext, state: BatchState) -> tuple[Tensor, Tensor, Tensor]:
         """Return (observations [B, D], candidate items [B, K], valid [B, K])."""

@@ -8,7 +8,7 @@ read back as the result. During an episode the memories are read-only (see `eval
 continuing from a checkpoint can never count a half-finished episode's lessons twice.
 
 A failing attempt is retried up to `retries` times (transient LLM errors are already retried
-inside `nodes.llms`); then the episode is recorded as failed, with the error. An `LLMError`
+inside `nodes.llm.calls`); then the episode is recorded as failed, with the error. An `LLMError`
 (bad key, unknown model, unreachable endpoint) is not retried: every later episode would fail the
 same way, so it stops the run.
 """
@@ -26,7 +26,7 @@ import torch
 
 from eval.cache import count_hits
 from eval.metrics import episode_metrics, usage_totals
-from nodes.llms import LLMError
+from nodes.llm.calls import LLMError
 from simulator.env import BatchedRecEnv, UserWorld, quit_reason
 from simulator.policies import Policy, Reseedable
 

@@ -5,8 +5,8 @@ result = build_graph().invoke({"user_id": 0}, context=Context(llm="scripted"))
 """
 
 from graph.builder import LEARNING_VARIANTS, VARIANTS, build_graph, make_builder
-from graph.context import Context
-from graph.state import InputState, State
+from nodes.context import Context
+from nodes.state import InputState, State
 
 __all__ = [
     "LEARNING_VARIANTS",

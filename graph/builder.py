@@ -34,13 +34,13 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.bridge import drive, run
-from graph.context import Context
-from graph.state import InputState, State
 from nodes.actor import make_actor
+from nodes.context import Context
 from nodes.critic import critic
 from nodes.episode import make_start, make_user
 from nodes.planner import planner
 from nodes.reflector import reflector
+from nodes.state import InputState, State
 
 Variant = Literal["billp", "billp-nomacro", "billp-nomicro", "reflexion", "react", "actonly"]
 VARIANTS: tuple[Variant, ...] = (

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from simulator.files import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from storage.files import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from memory.vector import (
     VectorMemory,
     _encode,
 )
-from simulator.files import atomic_write_json
+from storage.files import atomic_write_json
 
 STATE_FILE = "store.json"
 FORMAT = "billp.store_memory/1"

@@ -25,7 +25,7 @@ import numpy as np
 from memory.embeddings import Embeddings
 from memory.rules import OBSERVED_KEY, OBSERVED_SIZE, HintRule
 from memory.vector import ENTRIES_FILE, INDEX_FILE, JSON, Hit, VectorMemory
-from simulator.files import sha256_bytes
+from storage.files import sha256_bytes
 
 
 class _TextStore:
@@ -237,7 +237,43 @@ class CriticHint(NamedTuple):
     sq_l2: float
 
 
-class ActorMemory(_TextStore):
+class _HintStore(_TextStore):
+    """Share the micro memories' lookup: the nearest stored state, and whether a rule accepts it.
+
+    Subclasses turn a search hit into their hint type (`_as_hint`) and set `rule`, the default
+    rule when a caller passes none.
+    """
+
+    rule: HintRule
+
+    @staticmethod
+    def _as_hint(hit: Hit | None) -> Any:
+        raise NotImplementedError
+
+    def nearest(self, state_text: str) -> Any:
+        """Return the nearest stored state's hint and distance, however far (None if empty)."""
+        if len(self.memory) == 0:
+            return None
+        return self._as_hint(self._nearest(self._vector(state_text)))
+
+    async def anearest(self, state_text: str) -> Any:
+        """Return the nearest stored state without blocking the event loop while embedding."""
+        if len(self.memory) == 0:
+            return None
+        return self._as_hint(self._nearest(await self._avector(state_text)))
+
+    def hint(self, state_text: str, rule: HintRule | None = None) -> Any:
+        """Return the nearest stored state's hint when `rule` accepts it, else None."""
+        found = self.nearest(state_text)
+        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
+
+    async def ahint(self, state_text: str, rule: HintRule | None = None) -> Any:
+        """Return the hint without blocking the event loop while embedding."""
+        found = await self.anearest(state_text)
+        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
+
+
+class ActorMemory(_HintStore):
     """Remember which items turned out well or badly in which state, for the Actor's hint.
 
     The hint fires when `HintRule` accepts the nearest stored state's distance. The rule is
@@ -305,30 +341,8 @@ class ActorMemory(_TextStore):
             return None
         return ActorHint(labels=dict(hit.payload), sq_l2=hit.sq_l2, state=hit.key)  # type: ignore[arg-type]
 
-    def nearest(self, state_text: str) -> ActorHint | None:
-        """Return the nearest stored state's labels and distance, however far (None if empty)."""
-        if len(self.memory) == 0:
-            return None
-        return self._as_hint(self._nearest(self._vector(state_text)))
 
-    async def anearest(self, state_text: str) -> ActorHint | None:
-        """Return the nearest stored state without blocking the event loop while embedding."""
-        if len(self.memory) == 0:
-            return None
-        return self._as_hint(self._nearest(await self._avector(state_text)))
-
-    def hint(self, state_text: str, rule: HintRule | None = None) -> ActorHint | None:
-        """Return the nearest stored state's labels when `rule` accepts it, else None."""
-        found = self.nearest(state_text)
-        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
-
-    async def ahint(self, state_text: str, rule: HintRule | None = None) -> ActorHint | None:
-        """Return the hint without blocking the event loop while embedding."""
-        found = await self.anearest(state_text)
-        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
-
-
-class CriticMemory(_TextStore):
+class CriticMemory(_HintStore):
     """Remember value targets `r + gamma * V(s')` per state, for the Critic's hint."""
 
     kind = "critic"
@@ -378,25 +392,3 @@ class CriticMemory(_TextStore):
         if hit is None:
             return None
         return CriticHint(value=float(hit.payload["value"]), sq_l2=hit.sq_l2)  # type: ignore[index]
-
-    def nearest(self, state_text: str) -> CriticHint | None:
-        """Return the nearest stored state's value and distance, however far (None if empty)."""
-        if len(self.memory) == 0:
-            return None
-        return self._as_hint(self._nearest(self._vector(state_text)))
-
-    async def anearest(self, state_text: str) -> CriticHint | None:
-        """Return the nearest stored state without blocking the event loop while embedding."""
-        if len(self.memory) == 0:
-            return None
-        return self._as_hint(self._nearest(await self._avector(state_text)))
-
-    def hint(self, state_text: str, rule: HintRule | None = None) -> CriticHint | None:
-        """Return (value, sq_l2) of the nearest stored state when `rule` accepts it."""
-        found = self.nearest(state_text)
-        return found if found and self.fires(found.sq_l2, rule or self.rule) else None
-
-    async def ahint(self, state_text: str, rule: HintRule | None = None) -> CriticHint | None:
-        """Return the hint without blocking the event loop while embedding."""
-        found = await self.anearest(state_text)
-        return found if found and self.fires(found.sq_l2, rule or self.rule) else None

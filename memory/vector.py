@@ -29,7 +29,7 @@ from typing import TypeAlias
 import faiss
 import numpy as np
 
-from simulator.files import atomic_write_bytes, atomic_write_json, sha256_bytes
+from storage.files import atomic_write_bytes, atomic_write_json, sha256_bytes
 
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 

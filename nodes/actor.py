@@ -13,9 +13,11 @@ from langgraph.runtime import Runtime
 
 from memory.stores import ActorHint
 from nodes import prompts
+from nodes.context import Context
 from nodes.draws import draw_seed, rng
-from nodes.llms import call_structured
+from nodes.llm.calls import call_structured
 from nodes.resources import Resources, aget_resources
+from nodes.state import State
 from nodes.views import actor_rule, episode_text, history_text, messages, state_key, with_usage
 
 
@@ -70,14 +72,14 @@ def _unshown(hint: ActorHint | None, recommended: list[int]) -> ActorHint | None
 def make_actor(use_memory: bool) -> Any:
     """Return the actor node; `use_memory` adds the actor-memory hint (BiLLP's micro level)."""
 
-    async def actor(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+    async def actor(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         """Choose the next item and ground it; return it as the pending step's action."""
         return await act(state, runtime.context, use_memory)
 
     return actor
 
 
-async def act(state: dict[str, Any], ctx: Any, use_memory: bool) -> dict[str, Any]:
+async def act(state: State, ctx: Context, use_memory: bool) -> dict[str, Any]:
     """Choose and ground the next item (the actor node's body)."""
     res = await aget_resources(ctx, state.get("variant"))
     recommended = state.get("recommended", [])

@@ -14,10 +14,12 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.context import Context
 from nodes.draws import draw_seed
 from nodes.lessons import learn_step, observe_keys, td_lesson
-from nodes.llms import Usage, call_structured
+from nodes.llm.calls import Usage, call_structured
 from nodes.resources import Resources, aget_resources
+from nodes.state import State
 from nodes.views import (
     critic_rule,
     episode_text,
@@ -44,7 +46,7 @@ async def _llm_value(
     return 0.0, result.usage, True  # documented fallback: a neutral value
 
 
-async def critic(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+async def critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Value s', compute A for the step just taken, learn from it, and close the step record."""
     ctx = runtime.context
     res = await aget_resources(ctx, state.get("variant"))

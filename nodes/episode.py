@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 
+from nodes.context import Context
 from nodes.draws import rng
 from nodes.resources import aget_resources
+from nodes.state import State
 from nodes.views import history_text
 from simulator.rules import judge
 
@@ -23,7 +25,7 @@ def make_start(reflections: Reflections, variant: str | None = None) -> Any:
     graph, so its memories live in their own default folder (`nodes.resources.memory_path`).
     """
 
-    async def start(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+    async def start(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         """Validate the user, show their latest history, and retrieve reflections."""
         ctx = runtime.context
         res = await aget_resources(ctx, variant)
@@ -58,13 +60,18 @@ def make_start(reflections: Reflections, variant: str | None = None) -> Any:
 def make_user(closes_step: bool) -> Any:
     """Return the user node; when no critic follows, it also closes the step record."""
 
-    async def user(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+    async def user(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         """Show the pending item to the simulated user: rating, reward, and whether they stay."""
         ctx = runtime.context
         res = await aget_resources(ctx, state.get("variant"))
         pending = dict(state["pending"])
         recommended = state.get("recommended", [])
         item = int(pending["item"])
+        if item in res.bundle.excluded(int(state["user_id"])):  # grounding never picks one
+            raise ValueError(
+                f"item {item} is in user {state['user_id']}'s logged history and "
+                "logged_items='exclude' forbids recommending it (a custom actor node chose it)"
+            )
         ratings = res.ratings_of(state["user_id"])
         verdict = judge(
             rating=float(ratings[item]),

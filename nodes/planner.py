@@ -7,15 +7,17 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.context import Context
 from nodes.draws import draw_seed
-from nodes.llms import call_structured
+from nodes.llm.calls import call_structured
 from nodes.resources import aget_resources
+from nodes.state import State
 from nodes.views import episode_text, history_text, messages, with_usage
 
 FALLBACK_THOUGHT = "Recommend a well-liked item from a genre not shown in the last four steps."
 
 
-async def planner(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+async def planner(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Write the plan for the next recommendation; fall back to a generic plan on bad output."""
     ctx = runtime.context
     res = await aget_resources(ctx, state.get("variant"))

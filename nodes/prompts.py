@@ -127,7 +127,7 @@ ACTOR_SHORTLIST_SYSTEM = (
     'Answer only with JSON: {"choice": <number of one candidate>}.'
 )
 ACTOR_USER = (
-    "User history (oldest first):\n{history}\n\n"
+    "User history (oldest first; the user owns these, recommend something new):\n{history}\n\n"
     "Already recommended this session (do not repeat):\n{episode}\n\n"
     "Plan: {thought}\n{explore}\n"
     "Memory of a similar past state (+ went well, - went badly):\n{hint}\n"

@@ -8,10 +8,12 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes import prompts
+from nodes.context import Context
 from nodes.draws import draw_seed
 from nodes.lessons import learn_reflection
-from nodes.llms import call_structured
+from nodes.llm.calls import call_structured
 from nodes.resources import aget_resources
+from nodes.state import State
 from nodes.views import episode_text, history_text, messages, should_learn
 
 
@@ -24,7 +26,7 @@ def fallback_reflection(reason: str | None, length: int) -> str:
     )
 
 
-async def reflector(state: dict[str, Any], runtime: Runtime[Any]) -> dict[str, Any]:
+async def reflector(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Write a reflection on the finished episode; store it and persist memories when learning."""
     ctx = runtime.context
     res = await aget_resources(ctx, state.get("variant"))

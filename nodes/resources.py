@@ -23,7 +23,7 @@ from memory.embeddings import Embeddings, cached_embed, make_embeddings
 from memory.stores import ActorMemory, CriticMemory, MacroMemory
 from nodes.candidates import CandidateGenerator
 from nodes.grounding import TitleIndex
-from nodes.llms import make_chat_model
+from nodes.llm.calls import make_chat_model
 from nodes.value_net import LearnedCritic
 from simulator.build import EnvBundle, EnvConfig, build_env, distance_vectors
 from simulator.paths import cache_dir
@@ -206,8 +206,8 @@ class Resources:
 
 def env_bundle(ctx: Any) -> EnvBundle:
     """Return the built environment of the context's dataset (built or loaded once)."""
-    config = EnvConfig(dataset=ctx.dataset, seed=ctx.env_seed)
-    key = ("env", ctx.dataset, ctx.data_dir, ctx.env_seed)
+    config = EnvConfig(dataset=ctx.dataset, seed=ctx.env_seed, logged_items=ctx.logged_items)
+    key = ("env", ctx.dataset, ctx.data_dir, ctx.env_seed, ctx.logged_items)
     return _once(key, lambda: build_env(config, ctx.data_dir))
 
 
@@ -276,8 +276,8 @@ def llm_spec(spec: str) -> str:
 
 
 SHAPING_FIELDS = (
-    "dataset", "data_dir", "env_seed", "split", "embeddings", "memory_dir", "llm", "temperature",
-    "seed", "memory_backend",
+    "dataset", "data_dir", "env_seed", "logged_items", "split", "embeddings", "memory_dir", "llm",
+    "temperature", "seed", "memory_backend",
 )  # fmt: skip
 """The Context fields that decide which objects a `Resources` holds (its one cache key)."""
 

@@ -19,7 +19,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel
 
-from nodes.scripted import register_scripted_responder
+from nodes.llm.scripted import register_scripted_responder
 
 NAME = "billp"
 _DECODER = json.JSONDecoder()

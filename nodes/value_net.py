@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from simulator.files import atomic_write_bytes, atomic_write_json
+from storage.files import atomic_write_bytes, atomic_write_json
 
 VALUE_RANGE = 5.0
 

@@ -27,7 +27,6 @@ from simulator.calibration import RatingCalibrator
 from simulator.card import PopularityScorer, make_card
 from simulator.datasets import dataset_sources, load_dataset
 from simulator.env import BatchedRecEnv, RecEnv, UserWorld, distance_threshold
-from simulator.files import atomic_write_json, sha256_bytes, sha256_file
 from simulator.logged import Exclusions, LoggedItems, check_mode
 from simulator.paths import cache_dir
 from simulator.policies import (
@@ -44,6 +43,7 @@ from simulator.user_model import (
     leave_last_out,
     train_user_model,
 )
+from storage.files import atomic_write_json, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 

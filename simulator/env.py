@@ -27,11 +27,9 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from simulator.geometry import distance_threshold, window_distances
+from simulator.geometry import distance_threshold, window_distances  # noqa: F401 (re-exported)
 from simulator.logged import Exclusions, logged_error
 from simulator.rules import MIN_RATING_TO_STAY, judge
-
-__all__ = ["BatchedRecEnv", "RecEnv", "UserWorld", "distance_threshold", "window_distances"]
 
 RUNNING, LOW_RATING, SIMILAR, REPEAT, MAX_STEPS = 0, 1, 2, 3, 4
 QUIT_REASONS: tuple[str | None, ...] = (None, "low_rating", "similar", "repeat", "max_steps")

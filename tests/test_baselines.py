@@ -65,7 +65,7 @@ def test_every_method_plays_valid_episodes_without_repeats(
     bundle: EnvBundle, name: str, tmp_path: Path
 ) -> None:
     users = bundle.test_users[:24]
-    policy = make_policy(name, bundle, seed=0, run_dir=tmp_path, rl_steps=TINY_STEPS)
+    policy = make_policy(name, bundle, seed=0, run_dir=tmp_path, rl_steps=TINY_STEPS, curves=False)
     assert isinstance(policy, Policy) and policy.name == name
     for items in play(bundle, policy, users):
         assert len(items) == len(set(items)), f"{name} repeated an item: {items}"
@@ -105,13 +105,17 @@ def test_save_then_load_gives_identical_actions(bundle: EnvBundle, tmp_path: Pat
     users = bundle.test_users[:64]
     world = bundle.world("test")
     for name in ("a2c", "dqn"):
-        first = make_policy(name, bundle, seed=3, run_dir=tmp_path, rl_steps=TINY_STEPS)
+        first = make_policy(
+            name, bundle, seed=3, run_dir=tmp_path, rl_steps=TINY_STEPS, curve_points=2
+        )
         folder = tmp_path / "policies" / f"{name}-seed3"
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "policy.safetensors"]
         meta = json.loads((folder / "config.json").read_text())
         assert meta["identity"]["config"]["algo"] == name
         assert meta["stats"]["curve"] == first.train_stats["curve"]  # the curve is kept too
-        again = make_policy(name, bundle, seed=3, run_dir=tmp_path, rl_steps=TINY_STEPS)
+        again = make_policy(
+            name, bundle, seed=3, run_dir=tmp_path, rl_steps=TINY_STEPS, curve_points=2
+        )
         assert again.train_stats["loaded"] and not first.train_stats["loaded"]
         assert again.train_stats["curve"] == first.train_stats["curve"]
         a, b = first.net.state_dict(), again.net.state_dict()
@@ -120,7 +124,9 @@ def test_save_then_load_gives_identical_actions(bundle: EnvBundle, tmp_path: Pat
         frames = [evaluate_policy(world, p, users, seed=0) for p in (first, again)]
         assert frames[0].equals(frames[1])
     # Another budget is another config: retrained, and the save is replaced.
-    other = make_policy("a2c", bundle, seed=3, run_dir=tmp_path, rl_steps=TINY_STEPS + 64)
+    other = make_policy(
+        "a2c", bundle, seed=3, run_dir=tmp_path, rl_steps=TINY_STEPS + 64, curves=False
+    )
     assert not other.train_stats["loaded"]
     meta = json.loads((tmp_path / "policies" / "a2c-seed3" / "config.json").read_text())
     assert meta["identity"]["config"]["total_steps"] == TINY_STEPS + 64

@@ -8,8 +8,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from eval.cache import CachedChatModel, LLMCache, count_hits, model_identity
 from nodes import prompts
-from nodes.llms import call_structured, call_text
-from nodes.scripted import ScriptedChatModel
+from nodes.llm.calls import call_structured, call_text
+from nodes.llm.scripted import ScriptedChatModel
 
 MESSAGES = [SystemMessage("You plan."), HumanMessage("User history: ...")]
 

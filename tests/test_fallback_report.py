@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from eval.cli import app
 from eval.fallbacks import DEGRADED_ABOVE, cells, degradation, fallback_summary
-from nodes.openai_llm import reset_endpoints
+from nodes.llm.openai_chat import reset_endpoints
 
 KEY = "sk-report-test-0123456789"
 RUN = [

@@ -23,7 +23,7 @@ SCHEMAS = [prompts.Plan, prompts.TitleChoice, prompts.Value, prompts.shortlist_s
 @pytest.fixture(scope="module")
 def llama():
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
-    from nodes.local_llm import find_local_model, load_llama
+    from nodes.llm.local import find_local_model, load_llama
 
     try:
         return load_llama(str(find_local_model()), 4096, 1)[0]
@@ -40,7 +40,7 @@ def answer(llama, **kwargs) -> tuple[str, str]:
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.__name__)
 def test_greedy_answer_equals_full_grammar_masking(llama, schema) -> None:
-    from nodes.grammar_sampling import LazyGrammar
+    from nodes.llm.grammar import LazyGrammar
 
     json_schema = schema.model_json_schema()
     masked = answer(
@@ -59,7 +59,7 @@ def test_greedy_answer_equals_full_grammar_masking(llama, schema) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_answers_follow_the_schema(llama, seed) -> None:
-    from nodes.grammar_sampling import LazyGrammar
+    from nodes.llm.grammar import LazyGrammar
 
     schema = prompts.shortlist_schema(4)
     lazy = LazyGrammar(llama, schema.model_json_schema(), temperature=0.8, seed=seed)

@@ -10,8 +10,8 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graph import Context, build_graph
+from nodes.llm.scripted import ScriptedChatModel
 from nodes.resources import clear_cache, get_resources
-from nodes.scripted import ScriptedChatModel
 
 QUIT_REASONS = {"low_rating", "similar", "repeat", "max_steps"}
 

@@ -1,4 +1,4 @@
-"""BiLLP's two learning levels act, and are seen to act (issue: billp must not behave like Reflexion).
+"""BiLLP's two learning levels act and are seen to act (billp must not behave like Reflexion).
 
 Each test here failed on the code before the fix: the state key held the user's own history (no
 other user's episode ever matched it), fixed thresholds cached with the memories, the quitting
@@ -78,7 +78,7 @@ def test_keys_are_newest_first_and_fit_minilm():
 
 
 def test_quitting_step_is_labelled_minus_even_when_valued_low(tmp_path):
-    """With V(s) at the scale's floor, A = 0 + ... would have been '+': the quit step teaches '-'."""
+    """With V(s) at the scale's floor A would have been 0 ('+'): the quit step teaches '-'."""
     from nodes.lessons import td_lesson
 
     for reason in ("low_rating", "similar", "repeat"):

@@ -14,8 +14,8 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
-from nodes import local_llm
-from nodes.llms import (
+from nodes.llm import local as local_llm
+from nodes.llm.calls import (
     LLMError,
     Usage,
     call_structured,
@@ -23,9 +23,9 @@ from nodes.llms import (
     call_text,
     make_chat_model,
 )
-from nodes.local_llm import ENV_MODEL, find_local_model
-from nodes.openai_llm import FallbackChatOpenAI, reset_endpoints
-from nodes.scripted import (
+from nodes.llm.local import ENV_MODEL, find_local_model
+from nodes.llm.openai_chat import FallbackChatOpenAI, reset_endpoints
+from nodes.llm.scripted import (
     ScriptedChatModel,
     ScriptedFatalError,
     default_responder,

@@ -23,7 +23,7 @@ MATCHES = {"exact", "normalized", "fuzzy", "embedding", "fallback"}
 def local_model():
     """Skip when the local backend is not installed; otherwise return the GGUF file."""
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install '.[local]')")
-    from nodes.local_llm import find_local_model
+    from nodes.llm.local import find_local_model
 
     try:
         return find_local_model()

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import nodes.resources as resources
-from eval.protocol import ENVIRONMENT_FILE, RunDir
+from eval.experiment import Experiment
+from eval.protocol import ENVIRONMENT_FILE, RunConfig, RunDir
+from eval.report import render
 from graph import Context, build_graph
 from nodes.candidates import CandidateGenerator
 from simulator.build import EnvBundle, EnvConfig, build_env, reference_policies
@@ -204,9 +205,8 @@ def test_the_scripted_double_through_the_graph_never_recommends_a_logged_item(
         assert not set(result["recommended"]) & excluded.logged(user), (user, result["steps"])
     if grounding == "free":
         # Under "allow" the double's history titles ground exactly: it echoes the log.
-        resources.clear_cache()
-        resources._cache[("env", ctx.dataset, ctx.data_dir, ctx.env_seed)] = allowed
-        result = graph.invoke({"user_id": users[0]}, context=ctx)
+        open_ctx = graph_ctx(grounding=grounding, logged_items="allow")
+        result = graph.invoke({"user_id": users[0]}, context=open_ctx)
         assert set(result["recommended"]) & allowed.logged(users[0])
 
 
@@ -239,9 +239,13 @@ def test_verdict_warns_on_a_small_gap_or_a_popularity_like_model():
     assert "\n" not in verdict(narrow, 0.904, 0.89)
 
 
-def test_run_directories_record_the_setting(excluded, tmp_path):
-    run = RunDir(tmp_path / "run")
+def test_run_directories_and_results_record_the_setting(excluded, tmp_path):
+    run = RunDir(tmp_path / "dir")
     run.path.mkdir(parents=True)
     run.check_environment(excluded)
-    saved = (run.path / ENVIRONMENT_FILE).read_text()
-    assert '"logged_items": "exclude"' in saved
+    assert '"logged_items": "exclude"' in (run.path / ENVIRONMENT_FILE).read_text()
+    config = RunConfig(methods=["random"], dataset="synthetic", test_users=3, seeds=[0])
+    Experiment(config, tmp_path / "run").run()
+    results, _ = render(tmp_path / "run")
+    assert results["environment"]["logged_items"] == "exclude"
+    assert "logged items: `exclude`" in (tmp_path / "run" / "results.md").read_text()

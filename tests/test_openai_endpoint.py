@@ -1,7 +1,7 @@
 """The `openai:` backend against a scripted local HTTP server: shapes, retries, errors.
 
 Each test serves chat-completion replies (or errors) in a fixed order and checks what the client
-sent and how the retry policy of `nodes.llms` treated each answer.
+sent and how the retry policy of `nodes.llm.calls` treated each answer.
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ from typing import Any
 import pytest
 from test_llms import MESSAGES, Pick, run
 
-from nodes.llms import LLMError, call_structured, call_structured_sync, call_text, make_chat_model
-from nodes.openai_llm import reset_endpoints
-from nodes.scripted import default_responder
+from nodes.llm.calls import (
+    LLMError,
+    call_structured,
+    call_structured_sync,
+    call_text,
+    make_chat_model,
+)
+from nodes.llm.openai_chat import reset_endpoints
+from nodes.llm.scripted import default_responder
 
 
 @pytest.fixture(autouse=True)

@@ -22,11 +22,17 @@ from fake_openai import FakeOpenAI
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel, Field
 
-from nodes import llm_health
-from nodes.llm_health import FAIL_FAST_AFTER
-from nodes.llms import LLMError, call_structured, call_structured_sync, call_text, make_chat_model
-from nodes.openai_llm import negotiated, reset_endpoints
-from nodes.structured import extract_json, parse_json_text, parse_tool_message
+from nodes.llm import health as llm_health
+from nodes.llm.calls import (
+    LLMError,
+    call_structured,
+    call_structured_sync,
+    call_text,
+    make_chat_model,
+)
+from nodes.llm.health import FAIL_FAST_AFTER
+from nodes.llm.openai_chat import negotiated, reset_endpoints
+from nodes.llm.structured import extract_json, parse_json_text, parse_tool_message
 from nodes.views import messages
 
 LLAMA_CPP_PYTHON_500 = (

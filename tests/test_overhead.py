@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from memory.embeddings import HashingEmbeddings
 from memory.stores import ActorMemory, CriticMemory, MacroMemory
 from memory.vector import ENTRIES_FILE
-from nodes.llms import call_structured, structured_runnable
-from nodes.scripted import ScriptedChatModel
+from nodes.llm.calls import call_structured, structured_runnable
+from nodes.llm.scripted import ScriptedChatModel
 
 
 class Pick(BaseModel):

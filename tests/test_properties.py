@@ -21,9 +21,9 @@ from pydantic import BaseModel
 from memory.embeddings import HashingEmbeddings
 from nodes import prompts
 from nodes.grounding import TitleIndex
-from nodes.llms import call_structured_sync
-from nodes.scripted import ScriptedChatModel
-from nodes.structured import parse_json_message
+from nodes.llm.calls import call_structured_sync
+from nodes.llm.scripted import ScriptedChatModel
+from nodes.llm.structured import parse_json_message
 from simulator.datasets import normalize_title, parse_genres
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,5 @@
-"""Real environments keep their contract: AUC >= 0.8, 100+ test users, oracle > itemcf > random.
+"""Real environments keep their contract: AUC >= 0.8, 100+ test users, oracle > itemcf > random,
+myopic play far below the oracle, and logged items excluded.
 
 Builds Steam and Amazon-Book from `../shared/data` (or BILLP_DATA); skipped when absent.
 """
@@ -28,3 +29,8 @@ def test_real_environment_card(dataset):
     share_high = (hist["positives"]["4"] + hist["positives"]["5"]) / sum(hist["positives"].values())
     share_low = sum(hist["random"][k] for k in "123") / sum(hist["random"].values())
     assert share_high > 0.6 and share_low > 0.6
+    # Issue 11: no echo of the user's own log, the env rewards planning, the model beats popularity.
+    assert card["logged_items"] == "exclude"
+    gap = card["planning_gap"]
+    assert gap["myopic"]["len"] < gap["oracle"]["len"] / 5
+    assert card["user_model"]["popularity_auc"] < card["user_model"]["auc"]

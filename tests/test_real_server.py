@@ -39,7 +39,7 @@ def free_port() -> int:
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Start llama-cpp-python's server on a free port; yield its URL and log file."""
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
-    from nodes.local_llm import find_local_model
+    from nodes.llm.local import find_local_model
 
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
@@ -80,7 +80,7 @@ async def test_billp_episode_through_llama_cpp_python_server(
     llama_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from graph import Context, build_graph
-    from nodes.openai_llm import negotiated, reset_endpoints
+    from nodes.llm.openai_chat import negotiated, reset_endpoints
 
     reset_endpoints()
     monkeypatch.setenv("OPENAI_BASE_URL", llama_server["url"])

@@ -17,12 +17,12 @@ from fake_openai import FakeOpenAI
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel
 
-import nodes.llms as llms
+import nodes.llm.calls as llms
 import nodes.resources as resources
 import nodes.scripted_agent as agent
 from graph import Context, build_graph
 from nodes import prompts
-from nodes.scripted import ScriptedChatModel
+from nodes.llm.scripted import ScriptedChatModel
 from simulator.build import EnvConfig, build_env
 from simulator.datasets import load_dataset, normalize_title
 
@@ -68,8 +68,9 @@ def planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
         memory_dir=str(tmp_path / "mem"),
         max_steps=4,
         learn=True,  # the reflector stores the injected reflection (the test env by default won't)
+        logged_items="allow",
     )
-    resources._cache[("env", ctx.dataset, ctx.data_dir, ctx.env_seed)] = bundle
+    resources._cache[("env", ctx.dataset, ctx.data_dir, ctx.env_seed, ctx.logged_items)] = bundle
     macro = resources.get_resources(ctx).memories.macro
     for text in REFLECTIONS:
         macro.add(text, f"context of {text[:10]}")

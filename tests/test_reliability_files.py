@@ -23,8 +23,8 @@ from memory.stores import MacroMemory
 from memory.vector import ENTRIES_FILE, INDEX_FILE, MemoryCorruptError
 from nodes.value_net import LearnedCritic
 from simulator.build import EnvConfig, build_env, load_env
-from simulator.files import sha256_bytes
 from simulator.user_model import ModelFileError, UserModel
+from storage.files import sha256_bytes
 
 EMB = HashingEmbeddings(32)
 

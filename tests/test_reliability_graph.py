@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from fake_openai import FAULTS, FakeOpenAI
 
-import nodes.llms as llms
-import nodes.openai_llm as openai_llm
+import nodes.llm.calls as llms
+import nodes.llm.openai_chat as openai_llm
 from graph import Context, build_graph
 from nodes.resources import clear_cache
 from simulator.build import EnvConfig, build_env

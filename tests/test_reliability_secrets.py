@@ -19,7 +19,7 @@ from fake_openai import FakeOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-import nodes.llms as llms
+import nodes.llm.calls as llms
 from graph import Context, build_graph
 from nodes.prompts import Plan
 from nodes.resources import get_resources

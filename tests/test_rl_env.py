@@ -186,3 +186,25 @@ def test_encoder_window_check_matches_the_env_geometry_whatever_the_call_pattern
         state = env.state
     with pytest.raises(ValueError, match="without start"):
         encoder.encode(every, env.reset(users))
+
+
+def test_ranking_folds_in_the_episode_items_as_item_cf_does(bundle: EnvBundle) -> None:
+    """After a step the score is the mean of logged and episode item vectors, dotted with items."""
+    encoder = rl_encoder(bundle)
+    user = bundle.test_users[3]
+    env = BatchedRecEnv(bundle.world("test"))
+    state = env.reset([user])
+    ctx = encoder.start([user])
+    before = ctx.score.clone()
+    _, cand, _ = encoder.encode(ctx, state)
+    item = int(cand[0, 0])
+    env.step(torch.tensor([item]))
+    encoder.encode(ctx, env.state)
+    logs = list(bundle.histories.get(user, []))
+    taste = encoder.vectors[[*logs, item]].mean(0)
+    raw = taste @ encoder.vectors.T + encoder.item_bias
+    mu, sd = ctx.scale[0, 0], ctx.scale[0, 1]
+    finite = torch.isfinite(ctx.score[0])
+    torch.testing.assert_close(ctx.score[0][finite], ((raw - mu) / sd)[finite])
+    assert not torch.equal(before, ctx.score)
+    assert torch.isinf(ctx.key[0, item])  # recommended: never a candidate again

@@ -24,8 +24,8 @@ import pytest
 from fake_schema import SchemaInstance, request_schema
 from pydantic import BaseModel, Field
 
-from nodes.llms import call_structured_sync, make_chat_model
-from nodes.openai_llm import negotiated, pin_mode, reset_endpoints
+from nodes.llm.calls import call_structured_sync, make_chat_model
+from nodes.llm.openai_chat import negotiated, pin_mode, reset_endpoints
 from nodes.views import messages
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "servers").glob("*.json"))
@@ -170,7 +170,7 @@ def test_ollama_ignoring_tool_choice_is_still_read_in_tools_mode(replay) -> None
 def test_llama_cpp_python_recorded_tool_call_is_read() -> None:
     from langchain_openai.chat_models.base import _convert_dict_to_message
 
-    from nodes.structured import parse_tool_message
+    from nodes.llm.structured import parse_tool_message
 
     fixture = load(next(p for p in FIXTURES if p.stem == "llama_cpp_python"))
     raw = fixture["recorded_tool_response"]["choices"][0]["message"]

@@ -156,6 +156,7 @@ def run_episodes(run: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_store_backend_runs_equal_faiss_runs(tmp_path: Path):
     """A learning BiLLP run on the store backend retrieves and does what the FAISS run does."""
     clear_cache()

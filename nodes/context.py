@@ -2,7 +2,8 @@
 
 Every field is JSON-native (names, paths, numbers) so LangGraph Studio can render and send it;
 objects (environments, models, vector indexes) are built from it once per process by
-`graph.resources`, never stored here or in the state.
+`nodes.resources`, never stored here or in the state. It lives in `nodes/` so agents can
+type their runtime as `Runtime[Context]`; `graph` re-exports it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class Context:
 
     env_seed: int = 0
     """Seed of the environment build (user split, user model); keep it fixed across runs."""
+
+    logged_items: Literal["exclude", "allow"] = "exclude"
+    """`exclude`: items in a user's logged history are never recommended to them (a recommender
+    does not re-sell what a user owns; the env refuses them); `allow`: reference-style runs."""
 
     llm: str = "local"
     """Chat model spec: `local` (embedded SmolLM2), `openai:MODEL`, or `scripted` (test double)."""

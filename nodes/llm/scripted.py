@@ -3,7 +3,7 @@
 `ScriptedChatModel` answers through a responder `(messages, schema) -> dict | str`. The default
 responder builds a schema-valid instance from the JSON schema alone; graph code can register a
 smarter one under a name (`scripted:NAME`). Fault injection ("malformed", "schema", "error",
-"fatal") lets the retry and fallback paths of `nodes.llms` be tested offline. Token counts are
+"fatal") lets the retry and fallback paths of `nodes.llm.calls` be tested offline. Token counts are
 estimated (characters / 4) so usage accounting runs exactly as it does with a real model.
 """
 
@@ -23,8 +23,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
-from nodes.llms import TransientLLMError
-from nodes.structured import json_structured_output
+from nodes.llm.calls import TransientLLMError
+from nodes.llm.structured import json_structured_output
 
 Responder = Callable[[list[BaseMessage], type[BaseModel] | None], dict | str]
 
@@ -58,7 +58,7 @@ def get_scripted_responder(name: str) -> Responder:
             known = ", ".join(sorted(_RESPONDERS)) or "none"
             raise ValueError(
                 f"no scripted responder named {name!r} (registered: {known}); "
-                "call nodes.scripted.register_scripted_responder first"
+                "call nodes.llm.scripted.register_scripted_responder first"
             )
         return _RESPONDERS[name]
 

@@ -1,8 +1,8 @@
 """Chat with any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp servers).
 
-Structured output goes through `nodes.openai_modes`: json_schema where the server takes it, else
+Structured output goes through `nodes.llm.modes`: json_schema where the server takes it, else
 json_object with the schema, function calling, or plain text, negotiated once per endpoint and
-model, and validated with pydantic (`nodes.structured`) whatever the mode: the same JSON the
+model, and validated with pydantic (`nodes.llm.structured`) whatever the mode: the same JSON the
 server sends to langchain's own json_schema method, at about half the client CPU per call
 (langchain's parse path costs 12-16 ms a call; concurrency runs out of CPU before it runs out of
 server).
@@ -16,9 +16,9 @@ from typing import Any
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 
-from nodes.llm_health import reset_health
-from nodes.llms import CALL_SEED, DEFAULT_TIMEOUT_S, ENV_TIMEOUT, LLMError, _env_seconds
-from nodes.openai_modes import (
+from nodes.llm.calls import CALL_SEED, DEFAULT_TIMEOUT_S, ENV_TIMEOUT, LLMError, _env_seconds
+from nodes.llm.health import reset_health
+from nodes.llm.modes import (
     NegotiatedStructured,
     json_schema_format,
     negotiated,
@@ -43,7 +43,7 @@ def reset_endpoints() -> None:
 
 
 class FallbackChatOpenAI(ChatOpenAI):
-    """Ask for structured output in the mode the server accepts (`nodes.openai_modes`)."""
+    """Ask for structured output in the mode the server accepts (`nodes.llm.modes`)."""
 
     def _get_request_payload(self, input_: Any, *, stop: Any = None, **kwargs: Any) -> dict:
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)

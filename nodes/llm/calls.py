@@ -11,10 +11,10 @@ Error policy of `call_structured` / `call_text`:
 - a request the endpoint rejects as posed (400/413/422, e.g. context too long) -> `ok=False`;
 - configuration problems -> `LLMError`: 401/403/404 at once, an endpoint still refusing
   connections after every retry, and an endpoint whose first requests all fail the same way
-  (`nodes.llm_health`), because every later call would fail the same way and falling back on
+  (`nodes.llm.health`), because every later call would fail the same way and falling back on
   every step would yield a meaningless experiment;
 - a server that refuses the structured-output request shape is not retried: the next mode is
-  asked instead (`nodes.openai_modes`);
+  asked instead (`nodes.llm.modes`);
 - anything else (a bug, or the scripted "fatal" fault) propagates unchanged.
 
 Defaults an environment may set (explicit arguments win): BILLP_LLM_BASE_DELAY, the first backoff
@@ -42,8 +42,8 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ValidationError
 
-from nodes import llm_health
-from nodes.llm_usage import StructuredResult, TextResult, Usage
+from nodes.llm import health as llm_health
+from nodes.llm.usage import StructuredResult, TextResult, Usage
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -186,7 +186,7 @@ class _Attempts:
             llm_health.note_answer(self.model)
             return self.bad_output(self.error)
         if (stop := llm_health.note_failure(self.model, exc)) is not None:
-            raise LLMError(stop) from exc  # a broken endpoint: fail fast (nodes.llm_health)
+            raise LLMError(stop) from exc  # a broken endpoint: fail fast (nodes.llm.health)
         if kind == "rejected":
             return None
         if kind == "config":
@@ -416,16 +416,16 @@ def _build(
     kind: str, arg: str, temperature: float, seed: int | None, kwargs: dict
 ) -> BaseChatModel:
     if kind == "scripted":
-        from nodes.scripted import ScriptedChatModel, get_scripted_responder
+        from nodes.llm.scripted import ScriptedChatModel, get_scripted_responder
 
         if arg:
             get_scripted_responder(arg)  # fail now, not on the first call, if NAME is unknown
         return ScriptedChatModel(responder_name=arg or None, **kwargs)
     if kind == "local":
-        from nodes.local_llm import LocalChatModel, find_local_model
+        from nodes.llm.local import LocalChatModel, find_local_model
 
         path = find_local_model(arg or None)
         return LocalChatModel(model_path=str(path), temperature=temperature, seed=seed, **kwargs)
-    from nodes.openai_llm import make_openai
+    from nodes.llm.openai_chat import make_openai
 
     return make_openai(arg, temperature, seed, kwargs)

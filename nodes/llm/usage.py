@@ -1,4 +1,4 @@
-"""What one LLM call costs and returns: usage counts and the results `nodes.llms` hands back.
+"""What one LLM call costs and returns: usage counts and the results `nodes.llm.calls` hands back.
 
 Kept apart from the retry policy so nodes, reports and backends can share the types without
 importing the policy.

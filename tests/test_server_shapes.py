@@ -14,14 +14,13 @@ from __future__ import annotations
 import copy
 import json
 import random
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from fake_schema import SchemaInstance, request_schema
+from json_server import serve_json
 from pydantic import BaseModel, Field
 
 from nodes.llm.calls import call_structured_sync, make_chat_model
@@ -48,26 +47,7 @@ class Replay:
 
     def __init__(self, fixture: dict[str, Any]) -> None:
         self.fixture, self.requests = fixture, []
-        replay = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                replay.requests.append(body)
-                status, payload = replay.answer(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_json(lambda body: (*self.answer(body), {}), self.requests)
 
     def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         shape, schema, tool = request_schema(body)

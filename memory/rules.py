@@ -10,10 +10,9 @@ the closer half of what queries usually find", whatever the embedding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 OBSERVED_KEY = "observed_nearest"
 OBSERVED_SIZE = 2000
@@ -50,11 +49,14 @@ class HintRule:
         """Return the reference implementation's fixed rule (its numbers fit its own embedder)."""
         return cls(near=near, band=tuple(band) if band is not None else None)
 
-    def radius(self, observed: Sequence[float]) -> float | None:
-        """Return the derived radius for these observations (None: not derived, or none yet)."""
+    def radius(self, observed: Sequence[float], *, presorted: bool = False) -> float | None:
+        """Return the derived radius for these observations (None: not derived, or none yet).
+
+        `presorted` skips the sort for a caller that keeps its sample ordered (`memory.stores`).
+        """
         if self.quantile is None or not observed:
             return None
-        return float(np.quantile(np.asarray(observed, dtype=np.float64), self.quantile))
+        return sorted_quantile(observed if presorted else sorted(observed), self.quantile)
 
     def fires(self, sq_l2: float, radius: float | None = None) -> bool:
         """Return whether a nearest stored state at `sq_l2` is close enough to hint.
@@ -66,6 +68,18 @@ class HintRule:
         if self.band is not None and self.band[0] <= sq_l2 <= self.band[1]:
             return True
         return radius is not None and sq_l2 <= radius
+
+
+def sorted_quantile(values: Sequence[float], q: float) -> float:
+    """Return the q-quantile of ascending `values`, as `numpy.quantile`'s default (linear).
+
+    In plain Python: the sample changes at every learning step, and converting 2,000 floats to
+    an array for each step's lookup cost more than the lookup.
+    """
+    h = (len(values) - 1) * q
+    lo = math.floor(h)
+    a, b, t = values[lo], values[min(lo + 1, len(values) - 1)], h - lo
+    return float(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))  # numpy's _lerp
 
 
 def _check_near(near: float) -> float:

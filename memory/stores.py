@@ -14,6 +14,7 @@ memory by `observe`, so it is saved, snapshotted and restored with it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ class _TextStore:
                     "opened it: use the same embeddings spec, or a new folder"
                 )
         self._observed_version = 0
+        self._window: list[float] | None = None  # meta's observed list, as `_observations` saw it
+        self._sorted: list[float] = []
         self._radius_memo: tuple[tuple, float | None] = ((), None)
         # Changed since the files were last written or read? Only then does save() write.
         self._stamp = self._disk_stamp()
@@ -111,8 +114,23 @@ class _TextStore:
     @property
     def observed(self) -> list[float]:
         """Return the nearest-stored distances queries observed (newest last; for `HintRule`)."""
+        return list(self._observations()[0])
+
+    def _observations(self) -> tuple[list[float], list[float]]:
+        """Return the observed window (the list kept in meta) and a sorted copy of it.
+
+        Both are kept up to date by `observe`; they are rebuilt only when meta holds another
+        list (a memory loaded or replaced underneath).
+        """
         values = self.memory.meta.get(OBSERVED_KEY)
-        return [float(v) for v in values] if isinstance(values, list) else []
+        unchanged = values is self._window or (values is None and self._window == [])
+        if self._window is None or not unchanged:
+            window = [float(v) for v in values] if isinstance(values, list) else []
+            self._window, self._sorted = window, sorted(window)
+            self._observed_version += 1
+            if values is not None:
+                self.memory.meta[OBSERVED_KEY] = window
+        return self._window, self._sorted
 
     def observe(self, distances: Sequence[float | None]) -> None:
         """Add distances that queries saw to their nearest stored state (kept: the newest 2,000).
@@ -125,7 +143,14 @@ class _TextStore:
         if not fresh:
             return
         self.memory.check_writable()
-        self.memory.meta[OBSERVED_KEY] = [*self.observed, *fresh][-OBSERVED_SIZE:]
+        window, ordered = self._observations()
+        window.extend(fresh)
+        for value in fresh:
+            bisect.insort(ordered, value)
+        for value in window[: max(0, len(window) - OBSERVED_SIZE)]:
+            del ordered[bisect.bisect_left(ordered, value)]
+        del window[: max(0, len(window) - OBSERVED_SIZE)]
+        self.memory.meta[OBSERVED_KEY] = window
         self._observed_version += 1
         self._changed()
 
@@ -143,9 +168,10 @@ class _TextStore:
         """
         if rule.quantile is None:
             return None
+        ordered = self._observations()[1]
         key = (self._observed_version, rule.quantile)
         if self._radius_memo[0] != key:
-            self._radius_memo = (key, rule.radius(self.observed))
+            self._radius_memo = (key, rule.radius(ordered, presorted=True))
         return self._radius_memo[1]
 
     def fires(self, sq_l2: float | None, rule: HintRule) -> bool:

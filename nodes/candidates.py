@@ -73,6 +73,11 @@ class CandidateGenerator:
         row.flags.writeable = False
         return row
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (one generator per bundle, kept for life)
+    def _excluded_items(self, user: int) -> np.ndarray:
+        """Return the items `user` may never be shown, as an index array (asked every step)."""
+        return np.fromiter(sorted(self.excluded(user)), dtype=np.int64)
+
     def shortlist(
         self, user: int, history: Sequence[int], recommended: Sequence[int], k: int
     ) -> list[int]:
@@ -81,18 +86,19 @@ class CandidateGenerator:
         Never an item recommended this episode, nor one excluded for `user` (their logged
         history under `logged_items="exclude"`); the ranking itself uses the shown history.
         """
-        scores = self.scores(history, recommended)
-        banned = [*recommended, *self.excluded(user)]
-        if banned:
-            scores[torch.as_tensor(banned, dtype=torch.long)] = -math.inf
+        # numpy for the per-step arithmetic (a torch op costs several times a numpy one at this
+        # size); torch's topk for the ranking, so ties order as they always did
+        scores = self.scores(history, recommended).numpy()
+        scores[self._excluded_items(user)] = -np.inf
         if recommended:
-            dist = torch.from_numpy(self.distance_to(recommended[-self.window :]))
-            scores = torch.where(dist < self.tau, scores - 1e3, scores)  # would likely quit
-        available = int(torch.isfinite(scores).sum())
+            scores[np.asarray(recommended, dtype=np.int64)] = -np.inf
+            near = self.distance_to(recommended[-self.window :]) < self.tau
+            scores[near] -= 1e3  # would likely quit
+        available = int(np.isfinite(scores).sum())
         k = min(k, available)
         if k <= 0:
             raise ValueError("no catalogue item is left to recommend in this episode")
-        pool = scores.topk(min(available, 5 * k)).indices.tolist()
+        pool = torch.from_numpy(scores).topk(min(available, 5 * k)).indices.tolist()
         cap = max(1, math.ceil(k * MAX_SHARE_PER_GENRE))
         chosen: list[int] = []
         per_genre: dict[str, int] = {}

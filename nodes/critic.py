@@ -83,7 +83,8 @@ async def critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         critic_distance=distance,
     )
     if should_learn(ctx):
-        await observe_keys(res, [key_before])
+        seen = pending.get("hint_distance")  # the actor's query for this very state
+        await observe_keys(res, [key_before], [seen] if seen is not None else None)
         await learn_step(
             res, ctx.critic, key_before, pending["item"], lesson.advantage, lesson.target
         )

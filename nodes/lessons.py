@@ -57,12 +57,18 @@ async def learn_step(
         res.memories.learned_critic.update(vector, target)
 
 
-async def observe_keys(res: Resources, keys: Sequence[str]) -> None:
+async def observe_keys(
+    res: Resources, keys: Sequence[str], actor_seen: Sequence[float] | None = None
+) -> None:
     """Feed the derived hint rules: how far these states lie from what is stored, before they
     are stored themselves (`memory.rules`). In batch learning the memory then holds earlier
-    episodes only, so the sample is what a new user's state finds."""
-    for memory in (res.memories.actor, res.memories.critic):
-        memory.observe(await memory.anearest_distances(keys))
+    episodes only, so the sample is what a new user's state finds.
+
+    `actor_seen`: the actor memory's distances the actor's own queries for these keys already
+    found (online learning), recorded as they are instead of searching again."""
+    actor, critic = res.memories.actor, res.memories.critic
+    actor.observe(actor_seen if actor_seen is not None else await actor.anearest_distances(keys))
+    critic.observe(await critic.anearest_distances(keys))
 
 
 async def learn_reflection(res: Resources, history: Sequence[int], text: str, user: int) -> None:

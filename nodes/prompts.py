@@ -73,6 +73,7 @@ RULES = (
 )
 
 
+@functools.lru_cache(maxsize=8192)  # titles repeat in every prompt of every step
 def quote(text: str) -> str:
     """Return `text` as a JSON string literal: data stays data inside a prompt."""
     return json.dumps(text, ensure_ascii=False)

@@ -106,6 +106,8 @@ class MemoEmbeddings:
         texts = list(texts)
         rows = self._lookup(texts)
         missing = [t for t, r in zip(texts, rows, strict=True) if r is None]
+        if not missing and rows:  # all remembered (most lookups): nothing to store
+            return np.stack(rows)  # type: ignore[arg-type]
         return self._fill(texts, rows, await self.inner.aembed(missing) if missing else [])
 
 

@@ -12,6 +12,7 @@ dataset would take hundreds of MB, while a batch of episodes needs only its own 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -87,8 +88,9 @@ class Exclusions:
     def n_rows(self) -> int:
         return self.ptr.numel() - 1
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (built once per env, kept for life)
     def row(self, r: int) -> frozenset[int]:
-        """Return row `r`'s excluded items."""
+        """Return row `r`'s excluded items (asked at every step of that user's episodes)."""
         return frozenset(self.items[int(self.ptr[r]) : int(self.ptr[r + 1])].tolist())
 
     def _gather(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:

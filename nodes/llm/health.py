@@ -47,12 +47,26 @@ def unwrap(model: Any) -> Any:
 
 
 def endpoint_of(model: Any) -> tuple[str, str] | None:
-    """Return (base URL, model name) of an OpenAI-compatible client, or None for other models."""
+    """Return (base URL, model name) of an OpenAI-compatible client, or None for other models.
+
+    Remembered per model object: every call asks, and a missing attribute of a pydantic model
+    costs an exception each time.
+    """
+    found = _ENDPOINTS.get(id(model))
+    if found is not None and found[0] is model:
+        return found[1]
     inner = unwrap(model)
-    if not hasattr(inner, "openai_api_base"):
-        return None
-    base = str(getattr(inner, "openai_api_base", None) or "https://api.openai.com/v1")
-    return base, str(getattr(inner, "model_name", "") or "?")
+    endpoint = None
+    if hasattr(inner, "openai_api_base"):
+        base = str(getattr(inner, "openai_api_base", None) or "https://api.openai.com/v1")
+        endpoint = base, str(getattr(inner, "model_name", "") or "?")
+    if len(_ENDPOINTS) >= 256:
+        _ENDPOINTS.clear()
+    _ENDPOINTS[id(model)] = (model, endpoint)  # holds the model: its id is not reused meanwhile
+    return endpoint
+
+
+_ENDPOINTS: dict[int, tuple[Any, tuple[str, str] | None]] = {}
 
 
 def server_message(exc: BaseException) -> str:
@@ -132,3 +146,4 @@ def reset_health() -> None:
     """Forget every endpoint (a new run in the same process, and tests)."""
     with _LOCK:
         _HEALTH.clear()
+        _ENDPOINTS.clear()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
@@ -161,6 +161,20 @@ class LocalChatModel(BaseChatModel):
             "max_tokens": self.max_tokens,
             "n_ctx": self.n_ctx,
         }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """Name the provider and model in traces (LangChain asks subclasses to override this;
+        its fallback probes attributes this model lacks, paying an exception each call)."""
+        params = LangSmithParams(
+            ls_provider="llama-cpp",
+            ls_model_name=Path(self.model_path).name,
+            ls_model_type="chat",
+            ls_temperature=self.temperature,
+            ls_max_tokens=self.max_tokens,
+        )
+        if stop:
+            params["ls_stop"] = stop
+        return params
 
     def _generate(
         self,

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[rl,dev,ray,store]"
 	# [server]: llama-cpp-python's OpenAI-compatible server, which the real-server tests start.
 	# Its extras are plain wheels; an installed (or pip-cached) llama-cpp-python is not rebuilt.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python[server]>=0.3"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python[server]>=0.3,<0.4"
 	# The Postgres of the store tests refuses to run as root (CI is root): a user to run it as.
 	if [ "$$(id -u)" = 0 ] && ! id billp-pg >/dev/null 2>&1; then \
 		useradd --system --no-create-home --shell /usr/sbin/nologin billp-pg; fi

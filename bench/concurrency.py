@@ -1,6 +1,6 @@
 """Measure how `billp run --concurrency K` scales against a slow OpenAI-compatible endpoint.
 
-The endpoint is `tests.fake_openai` with a fixed latency per request and no faults, answering
+The endpoint is `nodes.llm.fake_server` with a fixed latency per request and no faults, answering
 from the request alone (`--by-prompt`), so every K must reproduce K=1's episodes exactly. Each K
 runs the same experiment (BiLLP, frozen test phase, synthetic data, `hashing` embeddings, LLM
 cache off) through `eval.experiment.Experiment`, the code `billp run` runs; the wall time is the
@@ -37,6 +37,7 @@ from typing import Any
 from bench.common import machine, write_json
 from eval.experiment import REFERENCE, Experiment
 from eval.protocol import RunConfig
+from nodes.llm.fake_server import FakeOpenAI
 from nodes.resources import env_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,15 +52,12 @@ METHOD = "billp"
 def fake_server(mode: str, latency: float, titles: Sequence[str], tmp: Path) -> Iterator[str]:
     """Serve the fake endpoint (subprocess or in-process thread); yield its base URL."""
     if mode == "thread":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from fake_openai import FakeOpenAI
-
         with FakeOpenAI(latency=latency, titles=titles, by_prompt=True) as fake:
             yield fake.url
         return
     titles_file = tmp / "titles.txt"
     titles_file.write_text("\n".join(titles) + "\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "tests.fake_openai", "--latency", str(latency), "--by-prompt"]
+    cmd = [sys.executable, "-m", "nodes.llm.fake_server", "--latency", str(latency), "--by-prompt"]
     cmd += ["--titles-file", str(titles_file)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -163,7 +163,7 @@ def concurrency(r: dict[str, Any], images: Images, fmt: Fmt) -> list[str]:
         lines += [
             f"{fmt(c.get('episodes'))} `{c.get('method')}` episodes (max {c.get('max_steps')} "
             f"steps, frozen test phase, LLM cache off) per K through `billp run`'s own runner, "
-            f"against the local OpenAI-compatible test server (`tests/fake_openai.py`, "
+            f"against the local OpenAI-compatible test server (`nodes/llm/fake_server.py`, "
             f"{c.get('latency_ms')} ms per request, run as a {c.get('server')}). Speedup = wall "
             "at K=1 / wall at K. Every K gave the same episodes as K=1: "
             f"{'yes' if c.get('results_match') else 'NO'}. When client CPU per request × "

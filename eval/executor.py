@@ -157,18 +157,7 @@ class EpisodeWorker:
         torch.set_num_threads(1)  # the simulator's tensors are tiny; cores go to other actors
         self.root = Path(tempfile.mkdtemp(prefix="billp-ray-memory-"))
         self._graphs: dict[tuple[str, float], Any] = {}
-        self._caches: dict[str, Any] = {}
         self._unpack = asyncio.Lock()
-
-    def _cache(self, path: str | None) -> Any:
-        """Return the run's LLM cache when this node sees its file's folder (a shared disk)."""
-        if not path or not Path(path).parent.is_dir():
-            return None
-        if path not in self._caches:
-            from eval.cache import LLMCache
-
-            self._caches[path] = LLMCache(path)
-        return self._caches[path]
 
     def pid(self) -> int:
         """Return this actor's process id (tests kill it to check that no episode is lost)."""
@@ -218,18 +207,15 @@ class EpisodeWorker:
     ) -> Outcome:
         """Run one episode against the memory snapshot; return its outcome to the driver.
 
-        `spec`: the run's model spec, temperature, LLM cache file and test-only step pause.
+        `spec`: test-only settings (the step pause).
         """
-        from eval.cache import install_cache
-        from nodes.resources import aget_resources
-
         memory_dir = await self._memory_dir(snapshot)
         if memory_dir is not None:
             ctx = dataclasses.replace(ctx, memory_dir=memory_dir)
-        res = await aget_resources(ctx, method)
-        cache = self._cache(spec.get("cache_path"))
-        if cache is not None:
-            install_cache(res, spec["llm"], cache, spec["temperature"], ctx.seed)
+        if ctx.llm_cache and not Path(ctx.llm_cache).parent.is_dir():
+            # The run's answer cache is on the driver's disk, which this node does not see: the
+            # same answers, paid for again (each call's seed is in the key, not the cache).
+            ctx = dataclasses.replace(ctx, llm_cache=None)
         graph = self._graph(method, float(spec.get("step_pause") or 0.0))
         try:
             return await run_llm_episode(
@@ -266,8 +252,6 @@ class RayExecutor:
 
     async def open(self, experiment: Any) -> None:
         """Record what actors need; the cluster is joined on the first episode (if any)."""
-        from eval.cache import CACHE_FILE
-
         c = experiment.config
         if getattr(c, "memory_backend", "faiss") == "store":
             from memory.store_backend import STORE_URI_ENV
@@ -277,15 +261,7 @@ class RayExecutor:
                     f"--executor ray with --memory-backend store needs {STORE_URI_ENV} (a Postgres "
                     "every worker reaches): an in-memory store lives in one process"
                 )
-        cache_path = None
-        if c.cache_enabled:
-            cache_path = str((Path(c.cache_dir or experiment.dir.path) / CACHE_FILE).resolve())
-        self.spec = {
-            "llm": c.llm,
-            "temperature": c.temperature,
-            "cache_path": cache_path,
-            "step_pause": experiment.step_pause,
-        }
+        self.spec = {"step_pause": experiment.step_pause}
         self._started = asyncio.Lock()
 
     def start(self) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from eval.audit import check_hints
-from eval.cache import CACHE_FILE, LLMCache, install_cache
 from eval.executor import Executor, LocalExecutor
 from eval.log import EpisodeLog
 from eval.protocol import (
@@ -35,6 +34,7 @@ from eval.protocol import (
 )
 from eval.runner import llm_record, play_policy
 from graph import build_graph
+from nodes.llm.cache import close_stores
 from nodes.resources import clear_cache, env_bundle, get_resources
 from simulator.build import EnvBundle
 from simulator.policies import OraclePolicy
@@ -62,7 +62,6 @@ class Experiment:
         self.step_pause = step_pause
         """Seconds to pause after each actor step: lets tests kill a run mid-episode."""
         self.timings: dict[str, float] = {}
-        self._cache: LLMCache | None = None
         self._policies: dict[str, Any] = {}
 
     # --- setup -------------------------------------------------------------------------------
@@ -102,8 +101,6 @@ class Experiment:
         bundle = self._bundle()
         self.dir.check_environment(bundle)
         c = self.config
-        if c.cache_enabled and any(m in LLM_METHODS for m in c.methods):
-            self._cache = LLMCache(Path(c.cache_dir or self.dir.path) / CACHE_FILE)
         methods = list(c.methods)
         if REFERENCE not in methods:
             methods.append(REFERENCE)  # the % of oracle reference
@@ -124,8 +121,7 @@ class Experiment:
                     self.dir.add_time(method, self.timings[method])
         finally:
             await self.executor.close()
-            if self._cache is not None:
-                self._cache.close()
+            close_stores()  # the run's LLM cache file, if any
         return self.timings
 
     def _policy_method(self, method: str, bundle: EnvBundle, reference: bool = False) -> None:
@@ -195,14 +191,12 @@ class Experiment:
         seed_dir = self.dir.seed_dir(method, seed)
         merged = restore_memory(seed_dir)
         memory_dir = seed_dir / "memory"
+        cache = c.cache_file(self.dir.path)
         contexts = {
-            split: c.context(seed=seed, split=split, memory_dir=memory_dir)
+            split: c.context(seed=seed, split=split, memory_dir=memory_dir, llm_cache=cache)
             for split in ("train", "test")
         }
         resources = {split: get_resources(ctx, method) for split, ctx in contexts.items()}
-        if self._cache is not None:
-            for res in resources.values():
-                install_cache(res, c.llm, self._cache, c.temperature, seed)
         titles = resources["test"].catalogue.titles
         train, test = self.users(bundle, seed)
         position = {"train": {u: i for i, u in enumerate(train)}}

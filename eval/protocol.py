@@ -43,6 +43,7 @@ import numpy as np
 
 from graph import LEARNING_VARIANTS, VARIANTS, Context
 from nodes.lessons import learn_episode
+from nodes.llm.cache import CACHE_FILE
 from storage.files import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -167,26 +168,37 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def context(self, *, seed: int, split: str, memory_dir: Path | None) -> Context:
+    def context(
+        self, *, seed: int, split: str, memory_dir: Path | None, llm_cache: Path | None = None
+    ) -> Context:
         """Return the graph context of one phase; the graph never writes memories itself.
 
         Every field the two share by name comes from this config (`CONTEXT_FIELDS`), so a knob
-        added to both reaches the graph without a hand-kept copy here.
+        added to both reaches the graph without a hand-kept copy here. `llm_cache`: the run's
+        answer cache file (`cache_file`), when the cache is on.
         """
         shared = {name: getattr(self, name) for name in CONTEXT_FIELDS}
         return Context(
             **shared,
             split=split,  # type: ignore[arg-type]
             memory_dir=str(memory_dir) if memory_dir else None,
+            llm_cache=str(llm_cache) if llm_cache else None,
             learn=False,  # lessons are written after each batch by learn_from
             seed=seed,
         )
+
+    def cache_file(self, run_dir: Path) -> Path | None:
+        """Return the LLM answer cache of a run in `run_dir` (None when caching is off)."""
+        if not self.cache_enabled:
+            return None
+        return (Path(self.cache_dir or run_dir) / CACHE_FILE).resolve()
 
 
 CONTEXT_FIELDS = tuple(
     sorted(
         {f.name for f in dataclasses.fields(RunConfig)}
-        & {f.name for f in dataclasses.fields(Context)} - {"split", "memory_dir", "learn", "seed"}
+        & {f.name for f in dataclasses.fields(Context)}
+        - {"split", "memory_dir", "llm_cache", "learn", "seed"}
     )
 )
 """The RunConfig fields that configure the graph run (same name, same meaning in `Context`)."""

@@ -58,7 +58,7 @@ def backend_text(config: RunConfig) -> str:
     """Describe the LLM backend honestly (the scripted model is not an LLM)."""
     if not any(m in LLM_METHODS for m in config.methods):
         return "none (no LLM method in this run)"
-    if config.llm == "scripted" or config.llm.startswith("scripted:"):
+    if config.llm.partition("?")[0].partition(":")[0] == "scripted":
         return TEST_DOUBLE
     if config.llm.startswith("local"):
         return f"`{config.llm}`: the embedded local model (llama.cpp)"

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from eval.cache import count_hits
 from eval.metrics import episode_metrics, usage_totals
+from nodes.llm.cache import count_hits
 from nodes.llm.calls import LLMError
 from simulator.env import BatchedRecEnv, UserWorld, quit_reason
 from simulator.policies import Policy, Reseedable

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, frozen=True)
 class Context:
-    """What a graph run uses: the world, the LLM, the memories and the method's knobs."""
+    """What a graph run uses: the world, the LLM, the memories and the method's knobs.
+
+    Frozen: one run's settings never change under it (`dataclasses.replace` makes a variant).
+    The fields that decide which objects a run uses form the resource key
+    (`nodes.resources.SHAPING_FIELDS`); every other field is read at call time by the nodes.
+    """
 
     dataset: str = "synthetic"
     """Dataset whose simulator plays the user: steam, amazon, csv or synthetic."""
@@ -34,6 +39,10 @@ class Context:
 
     llm: str = "local"
     """Chat model spec: `local` (embedded SmolLM2), `openai:MODEL`, or `scripted` (test double)."""
+
+    llm_cache: str | None = None
+    """SQLite file caching LLM answers (`nodes.llm.cache`), None for none. Experiments set it to
+    the run's cache; each call's sampling seed is in the key, so results equal uncached ones."""
 
     embeddings: str = "minilm"
     """Embedding spec for memories and grounding: `minilm`, `hashing`, or `openai:MODEL`."""

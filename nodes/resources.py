@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from langchain_core.language_models import BaseChatModel
 
 from memory.embeddings import Embeddings, cached_embed, make_embeddings
 from memory.stores import ActorMemory, CriticMemory, MacroMemory
 from nodes.candidates import CandidateGenerator
 from nodes.grounding import TitleIndex
+from nodes.llm.cache import cached_model, close_stores
 from nodes.llm.calls import make_chat_model
 from nodes.value_net import LearnedCritic
 from simulator.build import EnvBundle, EnvConfig, build_env, distance_vectors
@@ -44,6 +46,7 @@ def clear_cache() -> None:
     """Forget every cached object (tests use it to simulate a fresh process)."""
     with _lock:
         _cache.clear()
+    close_stores()  # the models that used them are gone with the resources
 
 
 class MemoEmbeddings:
@@ -270,18 +273,25 @@ def catalogue(ctx: Any, bundle: EnvBundle) -> Catalogue:
 
 def llm_spec(spec: str) -> str:
     """Map `scripted` to the BiLLP-aware test double; leave every other spec unchanged."""
-    if spec == "scripted":
+    if spec == "scripted" or spec.startswith("scripted?"):
         import nodes.scripted_agent as agent  # registers its responder
 
-        return f"scripted:{agent.NAME}"
+        return f"scripted:{agent.NAME}{spec[len('scripted') :]}"
     return spec
 
 
 SHAPING_FIELDS = (
     "dataset", "data_dir", "env_seed", "logged_items", "split", "embeddings", "memory_dir", "llm",
-    "temperature", "seed", "memory_backend",
+    "llm_cache", "temperature", "seed", "memory_backend",
 )  # fmt: skip
 """The Context fields that decide which objects a `Resources` holds (its one cache key)."""
+
+CALL_TIME_FIELDS = (
+    "learn", "gamma", "reflection_k", "hint_rule", "actor_quantile",
+    "critic_quantile", "actor_near", "actor_band", "critic_near", "explore", "max_steps",
+    "grounding", "shortlist_k", "critic", "history_len",
+)  # fmt: skip
+"""The Context fields nodes read at call time: changing one never needs new resources."""
 
 
 def _resources_key(ctx: Any, variant: str | None) -> tuple:
@@ -313,6 +323,14 @@ async def aget_resources(ctx: Any, variant: str | None = None) -> Resources:
     return await asyncio.to_thread(get_resources, ctx, variant)
 
 
+def chat_model(ctx: Any) -> BaseChatModel:
+    """Return the context's chat model, behind its answer cache when `ctx.llm_cache` names one."""
+    model = make_chat_model(llm_spec(ctx.llm), temperature=ctx.temperature, seed=ctx.seed)
+    if ctx.llm_cache:
+        return cached_model(model, ctx.llm, ctx.llm_cache, ctx.temperature, ctx.seed)
+    return model
+
+
 def _build_resources(ctx: Any, variant: str | None) -> Resources:
     bundle = env_bundle(ctx)
     return Resources(
@@ -320,6 +338,6 @@ def _build_resources(ctx: Any, variant: str | None) -> Resources:
         split=ctx.split,
         catalogue=catalogue(ctx, bundle),
         memories=memories(ctx, variant),
-        llm=make_chat_model(llm_spec(ctx.llm), temperature=ctx.temperature, seed=ctx.seed),
+        llm=chat_model(ctx),
         candidates=_once(("candidates", id(bundle)), lambda: CandidateGenerator(bundle)),
     )

@@ -6,8 +6,8 @@ import json
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from eval.cache import CachedChatModel, LLMCache, count_hits, model_identity
 from nodes import prompts
+from nodes.llm.cache import CachedChatModel, LLMCache, count_hits, model_identity
 from nodes.llm.calls import call_structured, call_text
 from nodes.llm.scripted import ScriptedChatModel
 

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_openai import FakeOpenAI
 from typer.testing import CliRunner
 
 from eval.cli import app
 from eval.fallbacks import DEGRADED_ABOVE, cells, degradation, fallback_summary
+from nodes.llm.fake_server import FakeOpenAI
 from nodes.llm.openai_chat import reset_endpoints
 
 KEY = "sk-report-test-0123456789"

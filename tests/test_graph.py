@@ -10,7 +10,6 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graph import Context, build_graph
-from nodes.llm.scripted import ScriptedChatModel
 from nodes.resources import clear_cache, get_resources
 
 QUIT_REASONS = {"low_rating", "similar", "repeat", "max_steps"}
@@ -136,9 +135,7 @@ def test_variants_differ_in_which_nodes_run(tmp_path, variant, nodes):
 
 
 def test_every_malformed_output_falls_back_without_crashing(tmp_path):
-    c = ctx(tmp_path, max_steps=4)
-    res = get_resources(c)
-    res.llm = ScriptedChatModel(faults=("malformed", "schema"))
+    c = ctx(tmp_path, max_steps=4, llm="scripted?faults=malformed,schema")
     result = build_graph().invoke({"user_id": 11}, context=c)
     assert result["done"]
     n = len(result["steps"])

@@ -8,6 +8,7 @@ inside a running event loop (a notebook). The scripted test double makes runs re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from langgraph.runtime import Runtime
 from graph import Context, build_graph
 from graph.bridge import drive
 from graph.builder import BiLLPGraph
+from nodes.resources import CALL_TIME_FIELDS, SHAPING_FIELDS, get_resources
 
 MAX_STEPS = 3
 Update = Callable[[dict, Any, Any], dict]
@@ -268,3 +270,19 @@ def test_a_sync_call_from_a_node_on_the_bridge_loop_raises_instead_of_hanging():
     with pytest.raises(RuntimeError, match=r"await graph\.ainvoke"):
         list(drive(source()))
     assert inner == []
+
+
+def test_every_context_field_is_either_a_resource_key_or_read_at_call_time(tmp_path) -> None:
+    """One resource key from Context: a new field must say which kind it is, and the kinds act."""
+    names = {f.name for f in dataclasses.fields(Context)}
+    assert set(SHAPING_FIELDS) | set(CALL_TIME_FIELDS) == names
+    assert not set(SHAPING_FIELDS) & set(CALL_TIME_FIELDS)
+    base = Context(dataset="synthetic", llm="scripted", embeddings="hashing",
+                   memory_dir=str(tmp_path / "mem"))  # fmt: skip
+    res = get_resources(base)
+    for name, value in (("actor_quantile", 0.9), ("max_steps", 3), ("grounding", "shortlist")):
+        assert get_resources(dataclasses.replace(base, **{name: value})) is res
+    other = get_resources(dataclasses.replace(base, temperature=0.0))
+    assert other is not res and other.memories is res.memories  # same folder, same memories
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.temperature = 1.0  # type: ignore[misc]

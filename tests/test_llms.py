@@ -169,7 +169,7 @@ def test_registered_responder_is_used_and_can_be_replaced() -> None:
     assert result.ok and result.value.item_id == "i9" and "Next item?" in result.value.thought
     register_scripted_responder("test-last", lambda m, s: {**default_responder(m, s), "value": 5})
     assert call_structured_sync(model, MESSAGES, Pick).value.value == 5
-    with pytest.raises(ValueError, match="no ':'"):
+    with pytest.raises(ValueError, match="without ':'"):
         register_scripted_responder("a:b", choose_last)
 
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import httpx
 import openai
 import pytest
-from fake_openai import FakeOpenAI
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel, Field
 
@@ -30,6 +29,7 @@ from nodes.llm.calls import (
     call_text,
     make_chat_model,
 )
+from nodes.llm.fake_server import FakeOpenAI
 from nodes.llm.health import FAIL_FAST_AFTER
 from nodes.llm.openai_chat import negotiated, reset_endpoints
 from nodes.llm.structured import extract_json, parse_json_text, parse_tool_message

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai import FakeOpenAI
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel
 
@@ -22,7 +21,8 @@ import nodes.resources as resources
 import nodes.scripted_agent as agent
 from graph import Context, build_graph
 from nodes import prompts
-from nodes.llm.scripted import ScriptedChatModel
+from nodes.llm.fake_server import FakeOpenAI
+from nodes.llm.scripted import register_scripted_responder
 from simulator.build import EnvConfig, build_env
 from simulator.datasets import load_dataset, normalize_title
 
@@ -100,9 +100,9 @@ def test_prompts_quote_planted_titles_and_reflections(planted):
         seen.append(msgs)
         return agent.respond(msgs, schema)
 
-    res = resources.get_resources(planted["ctx"])
-    res.llm = ScriptedChatModel(responder=recording)
-    result = build_graph().invoke({"user_id": USER}, context=planted["ctx"])
+    register_scripted_responder("adversarial-recording", recording)
+    ctx = dataclasses.replace(planted["ctx"], llm="scripted:adversarial-recording")
+    result = build_graph().invoke({"user_id": USER}, context=ctx)
     check_grounded(result, planted["all_titles"])
     assert sorted(result["reflections"]) == sorted(REFLECTIONS)
     assert sum(result["fallbacks"].values()) == 0  # nothing planted broke an answer's schema

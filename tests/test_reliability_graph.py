@@ -1,29 +1,43 @@
-"""Whole BiLLP episodes against a misbehaving OpenAI-compatible server (tests/fake_openai.py).
+"""Whole BiLLP episodes against a misbehaving OpenAI-compatible server (nodes/llm/fake_server.py).
 
 The graph runs with `llm="openai:MODEL"`, reading OPENAI_BASE_URL / OPENAI_API_KEY like a real
-deployment; BILLP_LLM_BASE_DELAY and BILLP_LLM_TIMEOUT keep backoff and timeouts short.
+deployment; BILLP_LLM_BASE_DELAY keeps backoff short.
+
+No outcome here depends on the clock, so a loaded machine cannot change one: fault schedules
+use only faults the client sees at once, under a client timeout no answer comes near; the one
+test of timeouts talks to a server that never answers, so every attempt times out, however slow
+the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai import FAULTS, FakeOpenAI
 
 import nodes.llm.calls as llms
 import nodes.llm.openai_chat as openai_llm
 from graph import Context, build_graph
+from nodes.llm.fake_server import FAULTS, FakeOpenAI
 from nodes.resources import clear_cache
 from simulator.build import EnvConfig, build_env
 
 QUIT_REASONS = {"low_rating", "similar", "repeat", "max_steps"}
-TRANSIENT = ("429", "429_bare", "500", "timeout")
-CLIENT_TIMEOUT_S = 0.5
+TRANSIENT = ("429", "429_bare", "500")
+"""Transient faults the client sees at once (a `timeout` fault is tested on its own)."""
+PROMPT_FAULTS = tuple(f for f in FAULTS if f != "timeout")
+"""Every fault but the stall: what the fault schedules below draw from."""
+CLIENT_TIMEOUT_S = 60.0
+"""Far above any answer's latency on a loaded machine: no answer is ever taken for a stall."""
+STALL_TIMEOUT_S = 0.2
+"""The client timeout in the test of stalls, whose server never answers."""
+HANG_S = 3600.0
+"""How long a `timeout` fault stalls: past every client timeout and the whole test session."""
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +52,14 @@ def fake_llm(
     """Start fake servers and point the `openai:` backend at the latest one."""
     servers: list[FakeOpenAI] = []
 
-    def start(**options: Any) -> FakeOpenAI:
-        options = {"titles": titles, "timeout_sleep": 2 * CLIENT_TIMEOUT_S, **options}
+    def start(client_timeout: float = CLIENT_TIMEOUT_S, **options: Any) -> FakeOpenAI:
+        options = {"titles": titles, "faults": PROMPT_FAULTS, "timeout_sleep": HANG_S, **options}
         fake = FakeOpenAI(**options).start()
         servers.append(fake)
         monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
         monkeypatch.setenv("OPENAI_API_KEY", "dummy-key")
         monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0.01")
-        monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(CLIENT_TIMEOUT_S))
+        monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(client_timeout))
         # make_chat_model caches clients per spec, not per base URL: start from a clean slate.
         monkeypatch.setattr(llms, "_CACHE", {})
         openai_llm.reset_endpoints()  # no negotiated modes or endpoint health from earlier tests
@@ -93,16 +107,19 @@ def total_fallbacks(results: list[dict[str, Any]]) -> Counter[str]:
 async def test_episodes_complete_at_30_percent_faults(tmp_path, fake_llm, titles):
     fake = fake_llm(fault_rate=0.3, seed=1)
     graph, ctx = build_graph(), context(tmp_path)
-    results = await asyncio.gather(*(graph.ainvoke({"user_id": u}, context=ctx) for u in range(8)))
+    # One episode after another: the server draws faults in arrival order, so concurrent
+    # episodes would get a schedule that varies with thread timing (tests/test_reliability_run
+    # covers concurrent episodes under faults, with numbers large enough not to care).
+    results = [await graph.ainvoke({"user_id": u}, context=ctx) for u in range(8)]
     for result in results:
         assert_grounded(result, titles)
         assert result["reflection"]
     stats = fake.stats()
     fallbacks = total_fallbacks(results)
-    # Every request is either an answer the client counted as a call, or a transient failure
-    # (give or take one a loaded machine turned around: see test_reliability_run).
+    # Every request is either an answer the client counted as a call, or a transient failure:
+    # exactly, since no answer can outlast the client's timeout.
     transient = sum(stats["by_fault"].get(f, 0) for f in TRANSIENT)
-    assert abs(stats["requests"] - calls(results) - transient) <= 2
+    assert stats["requests"] == calls(results) + transient
     assert stats["faults"] >= 0.2 * stats["requests"]
     assert len(stats["by_fault"]) >= 8  # most kinds of fault were served
     # Retries absorb most faults: only a fraction of them reach a node's fallback.
@@ -176,5 +193,30 @@ def test_fake_server_speaks_every_shape_and_counts_faults(fake_llm):
     assert "tools" in fake.requests[-1] and "response_format" not in fake.requests[-1]
     stats = fake.stats()
     assert stats["requests"] == stats["ok"] + stats["faults"] and stats["faults"] > 0
-    assert set(stats["by_fault"]) <= set(FAULTS)
+    assert set(stats["by_fault"]) <= set(PROMPT_FAULTS)
     assert fake.url.startswith("http://127.0.0.1:")
+
+
+def test_stalled_requests_time_out_and_are_retried_then_fall_back(fake_llm):
+    """A server that never answers costs one client timeout per attempt, never a hung call.
+
+    Every request stalls (the server holds it for an hour), so every attempt times out whatever
+    the machine's load: the attempts are exactly 1 + transient_retries, then a fallback.
+    """
+    fake = fake_llm(fault_rate=1.0, faults=["timeout"], client_timeout=STALL_TIMEOUT_S)
+    from nodes.prompts import Value
+    from nodes.views import messages
+
+    model = llms.make_chat_model("openai:fake-model")
+    result = llms.call_structured_sync(
+        model, messages("system", "user"), Value, transient_retries=2
+    )
+    assert (result.ok, result.attempts) == (False, 3)
+    assert "Timeout" in result.error and result.usage.calls == 0
+    # Each attempt reached the server and stalled there; a starved server thread may read the
+    # last one only after the client gave up on it, so wait for it rather than for a clock.
+    deadline = time.monotonic() + 60
+    while fake.stats()["requests"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = fake.stats()
+    assert (stats["requests"], stats["ok"], stats["by_fault"]) == (3, 0, {"timeout": 3})

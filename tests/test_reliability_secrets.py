@@ -15,28 +15,41 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai import FakeOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 import nodes.llm.calls as llms
 from graph import Context, build_graph
+from nodes.llm.fake_server import FakeOpenAI
 from nodes.prompts import Plan
 from nodes.resources import get_resources
 from nodes.views import messages
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = f"sk-test-SECRET-{secrets.token_hex(12)}"
+CLIENT_TIMEOUT_S = 60.0
+"""Far above any answer's latency on a loaded machine: no answer is ever taken for a stall."""
+HANG_S = 3600.0
+"""How long a `timeout` fault stalls: past every client timeout and the whole test session."""
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    """A fake endpoint that accepts only SECRET, with faults so error paths run too."""
-    with FakeOpenAI(fault_rate=0.3, seed=5, api_key=SECRET, timeout_sleep=1.0) as server:
+    """A fake endpoint that accepts only SECRET, with faults so error paths run too.
+
+    Faults the client sees at once, under a timeout no answer comes near: the same requests and
+    faults however loaded the machine. Stalls get their own test, with a server that never answers.
+    """
+    from nodes.llm.fake_server import FAULTS
+
+    faults = [f for f in FAULTS if f != "timeout"]
+    with FakeOpenAI(
+        fault_rate=0.3, faults=faults, seed=5, api_key=SECRET, timeout_sleep=HANG_S
+    ) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
         monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0.01")
-        monkeypatch.setenv("BILLP_LLM_TIMEOUT", "0.5")
+        monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(CLIENT_TIMEOUT_S))
         monkeypatch.setattr(llms, "_CACHE", {})
         yield server
 
@@ -94,6 +107,23 @@ def test_in_memory_checkpoints_hold_no_key(tmp_path, fake):
     assert saver.storage and saver.blobs
     assert_no_secret("in-memory checkpoints", repr(saver.storage) + repr(saver.blobs))
     assert_no_secret("in-memory writes", repr(saver.writes))
+
+
+def test_timed_out_requests_leave_no_key_in_errors_or_logs(fake, monkeypatch, caplog):
+    """The timeout path reports and logs no key either.
+
+    The server never answers (every request stalls for an hour), so each attempt times out
+    whatever the machine's load: two attempts, then a fallback.
+    """
+    caplog.set_level(logging.DEBUG)  # openai and httpx log requests and retries at DEBUG
+    fake.fault_rate, fake.faults = 1.0, ("timeout",)
+    monkeypatch.setenv("BILLP_LLM_TIMEOUT", "0.2")
+    model = llms.make_chat_model("openai:fake-model")
+    result = llms.call_structured_sync(model, messages("s", "u"), Plan, transient_retries=1)
+    assert (result.ok, result.attempts) == (False, 2) and "Timeout" in result.error
+    assert_no_secret("the timeout error", result.error)
+    assert_no_secret("captured logs", caplog.text)
+    assert_no_secret("the model's repr", repr(model) + str(model))
 
 
 def test_rejected_key_error_names_the_endpoint_not_the_key(tmp_path, fake, monkeypatch):

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from fake_schema import SchemaInstance, request_schema
 from json_server import serve_json
 from pydantic import BaseModel, Field
 
 from nodes.llm.calls import call_structured_sync, make_chat_model
+from nodes.llm.fake_faults import SchemaInstance, request_schema
 from nodes.llm.openai_chat import negotiated, pin_mode, reset_endpoints
 from nodes.views import messages
 

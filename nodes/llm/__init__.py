@@ -4,5 +4,8 @@
 `local` (the embedded llama.cpp model) with `grammar` (JSON-schema sampling token by token),
 `openai_chat` + `modes` + `health` (any OpenAI-compatible endpoint: structured-output
 negotiation, fail-fast), `structured` (one pydantic validation for every backend), `usage`
-(token and call accounting) and `scripted` (the deterministic test double).
+(token and call accounting), `cache` (the on-disk answer cache a Context names), `scripted`
+(the deterministic test double) with `schema_values` (the simplest, or a random, value a JSON
+Schema accepts), and `fake_server` + `fake_faults` (a fault-injecting OpenAI-compatible server
+for reliability tests and benchmarks).
 """

@@ -17,6 +17,10 @@ Error policy of `call_structured` / `call_text`:
   asked instead (`nodes.llm.modes`);
 - anything else (a bug, or the scripted "fatal" fault) propagates unchanged.
 
+Retries are ours, not the OpenAI SDK's `max_retries` (set to 0): the SDK retries every 5xx alike,
+while a format rejection must move to the next structured-output mode and an endpoint failing
+uniformly must stop a run within seconds, not after minutes of backoff.
+
 Defaults an environment may set (explicit arguments win): BILLP_LLM_BASE_DELAY, the first backoff
 in seconds (0.5), and BILLP_LLM_TIMEOUT, the `openai:` request timeout in seconds (60).
 """
@@ -370,7 +374,10 @@ async def call_text(
 
 # --- the factory ---------------------------------------------------------------------------------
 
-_SPEC_FORMS = "'local', 'local:/path/model.gguf', 'openai:MODEL', 'scripted', 'scripted:NAME'"
+_SPEC_FORMS = (
+    "'local', 'local:/path/model.gguf', 'openai:MODEL', 'scripted', 'scripted:NAME', "
+    "'scripted[:NAME]?faults=malformed,schema,...'"
+)
 _CACHE: dict[tuple, BaseChatModel] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -382,11 +389,18 @@ def make_chat_model(
 
     `kwargs` go to the backend: for `openai:` e.g. `base_url`, `api_key`, `timeout`, `max_tokens`
     (explicit values win over OPENAI_BASE_URL / OPENAI_API_KEY); for `local` e.g. `n_ctx`,
-    `max_tokens`; for `scripted` the `ScriptedChatModel` fields.
+    `max_tokens`; for `scripted` the `ScriptedChatModel` fields. A scripted spec may name its
+    fault cycle (`scripted?faults=malformed,schema`), so a `Context` alone sets it up.
     """
-    kind, _, arg = spec.strip().partition(":")
+    base, _, query = spec.strip().partition("?")
+    kind, _, arg = base.partition(":")
     if kind not in {"local", "openai", "scripted"} or (kind == "openai" and not arg):
         raise ValueError(f"unknown LLM spec {spec!r}; valid forms: {_SPEC_FORMS}")
+    if query:
+        name, _, faults = query.partition("=")
+        if kind != "scripted" or name != "faults" or "faults" in kwargs:
+            raise ValueError(f"unknown LLM spec {spec!r}; valid forms: {_SPEC_FORMS}")
+        kwargs = {**kwargs, "faults": tuple(f for f in faults.split(",") if f)}
     key = (
         spec.strip(),
         float(temperature),

@@ -25,12 +25,14 @@ from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 from nodes.llm.calls import TransientLLMError
+from nodes.llm.schema_values import Simplest, instance
 from nodes.llm.structured import json_structured_output
 
 Responder = Callable[[list[BaseMessage], type[BaseModel] | None], dict | str]
 
 FAULTS = ("ok", "malformed", "schema", "error", "fatal")
 DEFAULT_TEXT = "scripted answer"
+_SIMPLEST = Simplest(DEFAULT_TEXT)
 
 _RESPONDERS: dict[str, Responder] = {}
 _RESPONDERS_LOCK = threading.Lock()
@@ -46,8 +48,8 @@ class ScriptedFatalError(RuntimeError):
 
 def register_scripted_responder(name: str, fn: Responder) -> None:
     """Install `fn` as the responder of spec `scripted:NAME` (replacing any earlier one)."""
-    if not name or ":" in name:
-        raise ValueError(f"responder name must be non-empty and contain no ':', got {name!r}")
+    if not name or ":" in name or "?" in name:
+        raise ValueError(f"responder name must be non-empty, without ':' or '?', got {name!r}")
     with _RESPONDERS_LOCK:
         _RESPONDERS[name] = fn
 
@@ -66,62 +68,7 @@ def get_scripted_responder(name: str) -> Responder:
 
 def example_from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
     """Build the simplest value a JSON schema accepts (first enum value, smallest number...)."""
-    root = root or schema
-    if "$ref" in schema:
-        return example_from_schema(_resolve(schema["$ref"], root), root)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if options := schema.get(key):
-            usable = [o for o in options if o.get("type") != "null"] or options
-            return example_from_schema(usable[0], root)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        return {
-            k: example_from_schema(props[k], root) for k in schema.get("required", []) if k in props
-        }
-    if kind == "array":
-        count = max(int(schema.get("minItems", 0)), 1)
-        count = min(count, int(schema.get("maxItems", count)))
-        return [example_from_schema(schema.get("items", {}), root) for _ in range(count)]
-    if kind in ("integer", "number"):
-        return _smallest_number(schema, integer=kind == "integer")
-    if kind == "string":
-        text = DEFAULT_TEXT.ljust(int(schema.get("minLength", 0)), ".")
-        return text[: int(schema.get("maxLength", len(text)))]
-    if kind == "boolean":
-        return False
-    return None
-
-
-def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
-    if not ref.startswith("#/"):
-        raise ValueError(f"only local $ref are supported, got {ref!r}")
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return node
-
-
-def _smallest_number(schema: dict[str, Any], integer: bool) -> float | int:
-    """Return 0 when the bounds allow it, else the bound nearest to 0."""
-    step = 1 if integer else 1e-6
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if "exclusiveMinimum" in schema:
-        low = schema["exclusiveMinimum"] + step
-    if "exclusiveMaximum" in schema:
-        high = schema["exclusiveMaximum"] - step
-    value: float = 0
-    if low is not None and value < low:
-        value = math.ceil(low) if integer else low
-    elif high is not None and value > high:
-        value = math.floor(high) if integer else high
-    return int(value) if integer else float(value)
+    return instance(schema, _SIMPLEST, root)
 
 
 def default_responder(messages: list[BaseMessage], schema: type[BaseModel] | None) -> dict | str:

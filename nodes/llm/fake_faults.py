@@ -1,9 +1,12 @@
-"""Read what a chat request asks for, and build JSON values its schema accepts or rejects.
+"""Read what a chat request asks for, and build the answers and faults the fake server serves.
 
-Used by `fake_openai.FakeOpenAI`: `request_schema` tells the request shape (tools, json_schema,
-json_object, text with a schema stated in the prompt) and its JSON Schema; `SchemaInstance`
-answers with a valid instance, or serves a schema fault (missing fields, wrong types,
-out-of-range values, hallucinated titles).
+Part of `fake_server.FakeOpenAI`, the fault-injecting OpenAI-compatible server that reliability
+tests and benchmarks run against (real servers' request shapes are checked elsewhere, from
+recorded fixtures). `request_schema` tells the request shape (tools, json_schema, json_object,
+text with a schema stated in the prompt) and its JSON Schema; `SchemaInstance` answers with a
+random valid instance (the schema walk of `schema_values`, shared with the scripted model), or
+breaks it for a schema fault (missing fields, wrong types, out-of-range values, hallucinated
+titles).
 """
 
 from __future__ import annotations
@@ -14,102 +17,94 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from nodes.llm.schema_values import Simplest, instance, resolve, schema_kind
+
+HTTP_FAULTS = ("429", "429_bare", "500", "timeout", "bad_body")
+CONTENT_FAULTS = ("bad_json", "empty", "long")
+SCHEMA_FAULTS = ("missing", "types", "range", "hallucinated")
+FAULTS = HTTP_FAULTS + CONTENT_FAULTS + SCHEMA_FAULTS
+
 HALLUCINATED = "The Chronicles of Nowhere: Imaginary Edition"
 TITLE_FIELD = re.compile(r"title|name", re.IGNORECASE)
+NOT_JSON = 'Sure! Here is what I would recommend: {"title": Portal 2 -- hope that helps'
+LONG_CHARS = 200_000
 
 
-class SchemaInstance:
-    """Build values that a JSON schema accepts (or, on request, values it rejects)."""
+class SchemaInstance(Simplest):
+    """Build random values that a JSON schema accepts (or, on request, values it rejects).
+
+    Every property is filled, enum members and anyOf branches are drawn, arrays hold 1-3 items
+    (within minItems / maxItems), numbers lie within their bounds (-5..5 where unbounded), and
+    title fields take catalogue titles when `titles` are given.
+    """
 
     def __init__(self, rng: random.Random, titles: Sequence[str] = ()) -> None:
+        super().__init__()
         self.rng = rng
         self.titles = list(titles)
 
     def valid(self, schema: dict[str, Any], root: dict[str, Any] | None = None, name: str = ""):
         """Return a random value `schema` accepts; `name` is the property it is for."""
-        root = root if root is not None else schema
-        schema = self._deref(schema, root)
-        if "const" in schema:
-            return schema["const"]
-        if schema.get("enum"):
-            return self.rng.choice(schema["enum"])
-        for key in ("anyOf", "oneOf"):
-            if options := schema.get(key):
-                usable = [o for o in options if self._deref(o, root).get("type") != "null"]
-                return self.valid(self.rng.choice(usable or options), root, name)
-        if options := schema.get("allOf"):
-            return self.valid(options[0], root, name)
-        kind = schema_kind(schema)
-        if kind == "object":
-            props = schema.get("properties", {})
-            return {k: self.valid(v, root, k) for k, v in props.items()}
-        if kind == "array":
-            low = int(schema.get("minItems", 1))
-            high = int(schema.get("maxItems", max(low, 3)))
-            n = self.rng.randint(low, max(low, high))
-            return [self.valid(schema.get("items", {}), root, name) for _ in range(n)]
-        if kind in ("integer", "number"):
-            return self._number(schema, kind == "integer")
-        if kind == "string":
-            return self._string(schema, name)
-        if kind == "boolean":
-            return self.rng.random() < 0.5
-        return None
-
-    def _deref(self, schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-        while "$ref" in schema:
-            node: Any = root
-            for part in schema["$ref"].removeprefix("#/").split("/"):
-                node = node[part]
-            schema = node
-        return schema
-
-    def _number(self, schema: dict[str, Any], integer: bool) -> int | float:
-        low = schema.get("minimum", schema.get("exclusiveMinimum", -5))
-        high = schema.get("maximum", schema.get("exclusiveMaximum", 5))
-        if "exclusiveMinimum" in schema:
-            low += 1 if integer else 1e-6
-        if "exclusiveMaximum" in schema:
-            high -= 1 if integer else 1e-6
-        if integer:
-            return self.rng.randint(int(-(-low // 1)), int(high // 1))
-        return round(self.rng.uniform(low, high), 4)
-
-    def _string(self, schema: dict[str, Any], name: str) -> str:
-        if self.titles and TITLE_FIELD.search(name):
-            text = self.rng.choice(self.titles)
-        else:
-            text = f"fake answer {self.rng.randrange(10_000)}: try a different genre next"
-        low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
-        text = text.ljust(low, ".")
-        return text[: int(high)] if high is not None else text
+        return instance(schema, self, root, name)
 
     def broken(self, fault: str, schema: dict[str, Any]) -> Any:
         """Return a JSON value that violates `schema` the way `fault` says."""
         root = schema
         value = self.valid(schema)
-        props = self._deref(schema, root).get("properties", {})
+        top = resolve(schema, root)
+        props = top.get("properties", {})
         if not isinstance(value, dict) or not props:
             return ["not", "an", "object"]
         if fault == "missing":
-            required = schema.get("required") or list(props)
+            required = top.get("required") or list(props)
             return {k: v for k, v in value.items() if k not in required}
         if fault == "types":
-            return {k: _wrong_type(self._deref(props[k], root)) for k in value}
+            return {k: _wrong_type(resolve(props[k], root)) for k in value}
         if fault == "range":
-            return {k: _out_of_range(self._deref(props[k], root), v) for k, v in value.items()}
+            return {k: _out_of_range(resolve(props[k], root), v) for k, v in value.items()}
         if fault == "hallucinated":
             return {k: HALLUCINATED if TITLE_FIELD.search(k) else v for k, v in value.items()}
         raise ValueError(f"not a schema fault: {fault!r}")
 
+    # ---- the choices (`schema_values.Simplest` picks the simplest value instead)
 
-def schema_kind(schema: dict[str, Any]) -> str | None:
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), None)
-    if kind is None and "properties" in schema:
-        return "object"
-    return kind
+    def option(self, options: list[Any]) -> Any:
+        return self.rng.choice(options)
+
+    def keys(self, schema: dict[str, Any]) -> list[str]:
+        return list(schema.get("properties", {}))
+
+    def count(self, schema: dict[str, Any]) -> int:
+        low = int(schema.get("minItems", 1))
+        high = int(schema.get("maxItems", max(low, 3)))
+        return self.rng.randint(low, max(low, high))
+
+    def number(self, low: Any, high: Any, integer: bool) -> int | float:
+        low = -5 if low is None else low
+        high = 5 if high is None else high
+        if integer:
+            return self.rng.randint(low, high)
+        return round(self.rng.uniform(low, high), 4)
+
+    def text(self, name: str) -> str:
+        if self.titles and TITLE_FIELD.search(name):
+            return self.rng.choice(self.titles)
+        return f"fake answer {self.rng.randrange(10_000)}: try a different genre next"
+
+    def boolean(self) -> bool:
+        return self.rng.random() < 0.5
+
+
+def applicable(faults: Sequence[str], schema: dict[str, Any] | None) -> list[str]:
+    """Return the faults among `faults` that a request with this schema (or none) can get."""
+    usable = [f for f in faults if f in HTTP_FAULTS or f in CONTENT_FAULTS]
+    if schema is not None and schema_kind(schema) == "object":
+        usable += [f for f in faults if f in SCHEMA_FAULTS and f != "hallucinated"]
+        if "hallucinated" in faults and any(
+            TITLE_FIELD.search(k) for k in schema.get("properties", {})
+        ):
+            usable.append("hallucinated")
+    return usable
 
 
 def _wrong_type(schema: dict[str, Any]) -> Any:
@@ -166,6 +161,7 @@ def _prompt_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def pad_strings(value: Any, chars: int) -> Any:
+    """Return `value` with every string in it lengthened by about `chars` characters."""
     if isinstance(value, str):
         return value + " and so on" * (chars // 10)
     if isinstance(value, dict):

@@ -1,4 +1,9 @@
-"""Serve a misbehaving OpenAI-compatible chat endpoint on 127.0.0.1, for reliability tests.
+"""Serve a misbehaving OpenAI-compatible chat endpoint on 127.0.0.1, for reliability checks.
+
+Why it exists: the retry, fallback and structured-output paths of `nodes.llm` must be exercised
+against every way a server misbehaves, reproducibly and offline. Reliability tests and the
+concurrency benchmark run against this server; real servers' request shapes and envelopes are
+tested elsewhere (`tests/test_server_shapes.py`, from recorded fixtures). A tool, not a backend.
 
 The server reads what each request asks for — function calling (`tools`), `response_format`
 `json_schema` / `json_object`, or plain text — and answers with a valid instance of the schema
@@ -23,7 +28,7 @@ them.
 With `by_prompt=True` an answer depends only on the seed and the request body, not on the
 order requests arrive in: concurrent clients then get the same answers as sequential ones.
 
-From a shell (for benchmarks): `python -m tests.fake_openai --port 8765 --fault-rate 0.3`.
+From a shell (benchmarks; `fake_server_cli`): `python -m nodes.llm.fake_server --fault-rate 0.3`.
 """
 
 from __future__ import annotations
@@ -39,34 +44,20 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-if __package__:  # `python -m tests.fake_openai` (benchmarks)
-    from .fake_schema import (
-        HALLUCINATED,
-        TITLE_FIELD,
-        SchemaInstance,
-        pad_strings,
-        request_schema,
-        schema_kind,
-    )
-else:  # `from fake_openai import ...` with tests/ on sys.path (pytest)
-    from fake_schema import (
-        HALLUCINATED,
-        TITLE_FIELD,
-        SchemaInstance,
-        pad_strings,
-        request_schema,
-        schema_kind,
-    )
+from nodes.llm.fake_faults import (
+    CONTENT_FAULTS,
+    FAULTS,
+    HALLUCINATED,
+    LONG_CHARS,
+    NOT_JSON,
+    SCHEMA_FAULTS,
+    SchemaInstance,
+    applicable,
+    pad_strings,
+    request_schema,
+)
 
 __all__ = ["FAULTS", "HALLUCINATED", "FakeOpenAI", "SchemaInstance", "request_schema"]
-
-HTTP_FAULTS = ("429", "429_bare", "500", "timeout", "bad_body")
-CONTENT_FAULTS = ("bad_json", "empty", "long")
-SCHEMA_FAULTS = ("missing", "types", "range", "hallucinated")
-FAULTS = HTTP_FAULTS + CONTENT_FAULTS + SCHEMA_FAULTS
-
-NOT_JSON = 'Sure! Here is what I would recommend: {"title": Portal 2 -- hope that helps'
-LONG_CHARS = 200_000
 
 
 class FakeOpenAI:
@@ -185,13 +176,7 @@ class FakeOpenAI:
 
     def _draw(self, shape: str, schema: dict[str, Any] | None) -> str | None:
         """Return the fault to serve for this request, or None (under the lock: seeded order)."""
-        usable = [f for f in self.faults if f in HTTP_FAULTS or f in CONTENT_FAULTS]
-        if schema is not None and schema_kind(schema) == "object":
-            usable += [f for f in self.faults if f in SCHEMA_FAULTS and f != "hallucinated"]
-            if "hallucinated" in self.faults and any(
-                TITLE_FIELD.search(k) for k in schema.get("properties", {})
-            ):
-                usable.append("hallucinated")
+        usable = applicable(self.faults, schema)
         if self._rng.random() >= self.fault_rate or not usable:
             return None
         return self._rng.choice(usable)
@@ -410,7 +395,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-if __name__ == "__main__":  # `python -m tests.fake_openai`: the command line is kept apart
-    from tests.fake_openai_cli import main
+if __name__ == "__main__":  # `python -m nodes.llm.fake_server`: the command line is kept apart
+    from nodes.llm.fake_server_cli import main
 
     main()

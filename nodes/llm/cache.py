@@ -1,16 +1,20 @@
 """Cache LLM answers on disk, so a re-run or a resumed run never pays for the same call twice.
 
-`CachedChatModel` wraps any LangChain chat model and is installed in place of
-`get_resources(ctx).llm`; nodes do not know it is there. A key is the sha256 of the model's
-identity (spec, weights file, temperature, and the sampling seed when temperature > 0), the
-messages (type and content), the requested output schema and any call arguments. Values are JSON
-in one SQLite table (no pickle): the raw AI message as LangChain serializes it, and for
-structured calls the parsed object and any parsing error, so a cached answer is replayed exactly
-as the first one was received, token counts included: results do not depend on whether a call
-was cached, only the wall time does.
+`Context.llm_cache` names the SQLite file; `nodes.resources` then builds the run's model as a
+`CachedChatModel` around the backend (`cached_model`), so nodes do not know it is there and no
+shared object is ever swapped. A key is the sha256 of the model's identity (spec, weights file,
+temperature, and the sampling seed when temperature > 0), the messages (type and content), the
+requested output schema and any call arguments. Values are JSON in one SQLite table (no pickle):
+the raw AI message as LangChain serializes it, and for structured calls the parsed object and any
+parsing error, so a cached answer is replayed exactly as the first one was received, token
+counts included: results do not depend on whether a call was cached, only the wall time does.
 
-The cache is on by default. At temperature > 0 an answer is a function of the prompt and the
-sampling seed, and every call's seed is derived from (run seed, user, step, role)
+Kept instead of LangChain's `BaseCache`/`SQLiteCache`: those key on the model's serialized
+parameters and the prompt, not on the per-call sampling seed (a context variable, `CALL_SEED`),
+and cannot count hits per episode, which every results table reports.
+
+The cache is on by default in experiments. At temperature > 0 an answer is a function of the
+prompt and the sampling seed, and every call's seed is derived from (run seed, user, step, role)
 (`nodes.draws`), so the key includes that per-call seed: a repeat of the same call replays its
 answer, while another user's or step's call draws its own.
 """
@@ -278,11 +282,31 @@ class CachedChatModel(BaseChatModel):
         return RunnableLambda(invoke, afunc=ainvoke, name="cached_structured_output")
 
 
-def install_cache(res: Any, spec: str, cache: LLMCache, temperature: float, seed: int) -> None:
-    """Put the cache in front of a `nodes.resources.Resources` object's model (idempotent)."""
-    if isinstance(res.llm, CachedChatModel):
-        if res.llm.store is cache:
-            return
-        res.llm = res.llm.inner
-    identity = model_identity(spec, res.llm, temperature, seed)
-    res.llm = CachedChatModel(inner=res.llm, store=cache, identity=identity)
+_STORES: dict[str, LLMCache] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(path: str | Path) -> LLMCache:
+    """Return the process's one open cache of a file (episodes of a run share it)."""
+    key = str(Path(path).resolve())
+    with _STORES_LOCK:
+        if key not in _STORES:
+            _STORES[key] = LLMCache(key)
+        return _STORES[key]
+
+
+def close_stores() -> None:
+    """Close every open cache file (a fresh process in tests; the end of a run)."""
+    with _STORES_LOCK:
+        stores = list(_STORES.values())
+        _STORES.clear()
+    for store in stores:
+        store.close()
+
+
+def cached_model(
+    model: BaseChatModel, spec: str, path: str | Path, temperature: float, seed: int | None
+) -> CachedChatModel:
+    """Return `model` behind the answer cache in file `path` (how `nodes.resources` builds it)."""
+    identity = model_identity(spec, model, temperature, seed)
+    return CachedChatModel(inner=model, store=open_store(path), identity=identity)

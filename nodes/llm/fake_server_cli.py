@@ -1,5 +1,7 @@
-"""Serve the fake OpenAI-compatible endpoint from a shell: `python -m tests.fake_openai ...`.
+"""Serve the fake OpenAI-compatible endpoint from a shell: `python -m nodes.llm.fake_server ...`.
 
+The command line of `fake_server.FakeOpenAI`, the fault-injecting server that reliability tests
+and benchmarks run against (real servers are tested elsewhere, from recorded fixtures).
 Benchmarks run it as a separate process so its request handling does not share the client's CPU.
 """
 
@@ -11,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from tests.fake_openai import FAULTS, FakeOpenAI
+from nodes.llm.fake_server import FAULTS, FakeOpenAI
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -124,17 +124,18 @@ def measure(
     warm: int = 2,
     rounds: int = 1,
 ) -> dict[str, Any]:
-    """Warm up, then time `rounds` rounds of `episodes` episodes (more if short of `min_steps`),
-    each on new users; return the median round's ms/step.
+    """Time `rounds` rounds of `episodes` episodes (more if short of `min_steps`); return the
+    median round's ms/step.
 
-    The median, because this machine is shared: one round caught by a neighbour's burst would
-    otherwise decide the number. Memories keep growing across rounds, as in a run.
+    Each round starts from a fresh memory folder warmed by `warm` episodes, so the rounds are
+    samples of one workload, and the median is taken because this machine is shared: one round
+    caught by a neighbour's burst would otherwise decide the number.
     """
-    graph, ctx = _warm(grounding, embeddings, root, f"{grounding}-{embeddings}", warm)
-    outs = [
-        asyncio.run(_episodes(graph, ctx, _users(ctx, episodes, offset=r * episodes), min_steps))
-        for r in range(rounds)
-    ]
+    outs = []
+    for r in range(rounds):
+        graph, ctx = _warm(grounding, embeddings, root, f"{grounding}-{embeddings}-{r}", warm)
+        users = _users(ctx, episodes, offset=r * episodes)
+        outs.append(asyncio.run(_episodes(graph, ctx, users, min_steps)))
     out = sorted(outs, key=lambda o: o["seconds"] / max(o["steps"], 1))[len(outs) // 2]
     steps = max(out["steps"], 1)
     return {

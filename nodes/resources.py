@@ -26,7 +26,7 @@ from memory.stores import ActorMemory, CriticMemory, MacroMemory
 from nodes.candidates import CandidateGenerator
 from nodes.grounding import TitleIndex
 from nodes.llm.cache import cached_model, close_stores
-from nodes.llm.calls import make_chat_model
+from nodes.llm.calls import forget_models, make_chat_model
 from nodes.value_net import LearnedCritic
 from simulator.build import EnvBundle, EnvConfig, build_env, distance_vectors
 from simulator.paths import cache_dir
@@ -44,10 +44,13 @@ def _once(key: tuple, make: Any) -> Any:
 
 
 def clear_cache() -> None:
-    """Forget every cached object (tests use it to simulate a fresh process)."""
+    """Forget every cached object, as a fresh process would start: resources, chat models (and
+    the scripted double's fault cycles), open answer caches, negotiated structured-output modes
+    and endpoint health. Tests call it around every test (one autouse fixture); runs, at start."""
     with _lock:
         _cache.clear()
     close_stores()  # the models that used them are gone with the resources
+    forget_models()
 
 
 class MemoEmbeddings:

@@ -32,8 +32,9 @@ def one_torch_thread():
 def fresh_resources():
     """Start and end every test with no cached resources, as a new process would.
 
-    Environments, models and memories are cached per process (`nodes.resources`); a test that
-    swaps or writes one must not leak it into the next test.
+    Environments, memories, chat models (with the scripted double's fault cycle), answer
+    caches, negotiated output modes and endpoint health are cached per process
+    (`nodes.resources.clear_cache` forgets them all); no test may leak one into the next.
     """
     from nodes.resources import clear_cache
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from nodes.llm.calls import (
     make_chat_model,
 )
 from nodes.llm.local import ENV_MODEL, find_local_model
-from nodes.llm.openai_chat import FallbackChatOpenAI, reset_endpoints
+from nodes.llm.openai_chat import FallbackChatOpenAI
 from nodes.llm.scripted import (
     ScriptedChatModel,
     ScriptedFatalError,
@@ -61,14 +60,6 @@ MESSAGES: list[BaseMessage] = [SystemMessage("You recommend games."), HumanMessa
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-@pytest.fixture(autouse=True)
-def fresh_endpoints() -> Iterator[None]:
-    """Start every test with no negotiated modes and no endpoint health (ports get reused)."""
-    reset_endpoints()
-    yield
-    reset_endpoints()
 
 
 # --- factory -------------------------------------------------------------------------------------

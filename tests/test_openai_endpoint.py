@@ -24,17 +24,7 @@ from nodes.llm.calls import (
     call_text,
     make_chat_model,
 )
-from nodes.llm.openai_chat import reset_endpoints
 from nodes.llm.scripted import default_responder
-
-
-@pytest.fixture(autouse=True)
-def fresh_endpoints() -> Iterator[None]:
-    """Start every test with no negotiated modes and no endpoint health (ports get reused)."""
-    reset_endpoints()
-    yield
-    reset_endpoints()
-
 
 Reply = tuple[int, dict[str, Any], dict[str, str]]
 

@@ -16,7 +16,6 @@ import pytest
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel
 
-import nodes.llm.calls as llms
 import nodes.resources as resources
 import nodes.scripted_agent as agent
 from graph import Context, build_graph
@@ -124,7 +123,6 @@ async def test_a_model_that_obeys_the_injection_is_still_grounded(planted, monke
     with FakeOpenAI(force={"title": "X", "reflection": injected}) as fake:
         monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
         monkeypatch.setenv("OPENAI_API_KEY", "dummy-key")
-        monkeypatch.setattr(llms, "_CACHE", {})
         ctx = dataclasses.replace(planted["ctx"], llm="openai:fake-model", max_steps=3)
         result = await build_graph().ainvoke({"user_id": USER}, context=ctx)
         check_grounded(result, planted["all_titles"])

@@ -60,10 +60,7 @@ def fake_llm(
         monkeypatch.setenv("OPENAI_API_KEY", "dummy-key")
         monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0.01")
         monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(client_timeout))
-        # make_chat_model caches clients per spec, not per base URL: start from a clean slate.
-        monkeypatch.setattr(llms, "_CACHE", {})
-        openai_llm.reset_endpoints()  # no negotiated modes or endpoint health from earlier tests
-        clear_cache()
+        clear_cache()  # clients of the previous server, its negotiated modes and health
         return fake
 
     yield start

@@ -50,7 +50,6 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
         monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0.01")
         monkeypatch.setenv("BILLP_LLM_TIMEOUT", str(CLIENT_TIMEOUT_S))
-        monkeypatch.setattr(llms, "_CACHE", {})
         yield server
 
 

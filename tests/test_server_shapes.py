@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from nodes.llm.calls import call_structured_sync, make_chat_model
 from nodes.llm.fake_faults import SchemaInstance, request_schema
-from nodes.llm.openai_chat import negotiated, pin_mode, reset_endpoints
+from nodes.llm.openai_chat import negotiated, pin_mode
 from nodes.views import messages
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "servers").glob("*.json"))
@@ -76,7 +76,6 @@ class Replay:
 
 @pytest.fixture
 def replay() -> Iterator[Any]:
-    reset_endpoints()
     servers: list[Replay] = []
 
     def start(path: Path) -> Replay:
@@ -86,7 +85,6 @@ def replay() -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
-    reset_endpoints()
 
 
 def paths(value: Any, prefix: str = "", stop: tuple[str, ...] = ("schema",)) -> set[str]:

@@ -414,6 +414,17 @@ def make_chat_model(
         return _CACHE[key]
 
 
+def forget_models() -> None:
+    """Forget built clients, negotiated output modes and endpoint health (a fresh process)."""
+    from nodes.llm.health import reset_health
+    from nodes.llm.modes import reset_negotiations
+
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    reset_negotiations()
+    reset_health()
+
+
 def _environment_key(kind: str) -> tuple[str, ...]:
     """Return what the environment contributes to a client, so changing it builds a new one.
 

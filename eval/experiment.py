@@ -34,7 +34,6 @@ from eval.protocol import (
 )
 from eval.runner import llm_record, play_policy
 from graph import build_graph
-from nodes.llm.cache import close_stores
 from nodes.resources import clear_cache, env_bundle, get_resources
 from simulator.build import EnvBundle
 from simulator.policies import OraclePolicy
@@ -121,7 +120,7 @@ class Experiment:
                     self.dir.add_time(method, self.timings[method])
         finally:
             await self.executor.close()
-            close_stores()  # the run's LLM cache file, if any
+            clear_cache()  # closes the run's LLM cache file with the resources that used it
         return self.timings
 
     def _policy_method(self, method: str, bundle: EnvBundle, reference: bool = False) -> None:

@@ -37,7 +37,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,36 +72,44 @@ def policy_methods() -> tuple[str, ...]:
     return tuple(POLICY_METHODS)
 
 
+_GRAPH = Context()  # the graph's defaults: a field shared with Context never restates one
+
+
 @dataclass(kw_only=True)
 class RunConfig:
-    """Everything an experiment depends on; saved as config.json beside its results."""
+    """Everything an experiment depends on; saved as config.json beside its results.
+
+    Fields named like a `Context` field (`CONTEXT_FIELDS`) take the Context's type and default
+    and reach the graph through `context()`; the rest say what to run (methods, users, seeds,
+    budgets) and how (concurrency, retries, cache).
+    """
 
     methods: list[str]
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    env_seed: int = 0
-    logged_items: str = "exclude"
+    dataset: str = _GRAPH.dataset
+    data_dir: str | None = _GRAPH.data_dir
+    env_seed: int = _GRAPH.env_seed
+    logged_items: Literal["exclude", "allow"] = _GRAPH.logged_items
     """Whether users may be recommended items from their own logged history (`EnvConfig`)."""
-    llm: str = "local"
-    embeddings: str = "minilm"
+    llm: str = _GRAPH.llm
+    embeddings: str = _GRAPH.embeddings
     train_users: int = 10
     test_users: int = 10
     seeds: list[int] = field(default_factory=lambda: [0])
-    max_steps: int = 50
+    max_steps: int = _GRAPH.max_steps
     continual: bool = False
-    grounding: str = "free"
-    critic: str = "llm"
-    memory_backend: str = "faiss"
+    grounding: Literal["free", "shortlist"] = _GRAPH.grounding
+    critic: Literal["llm", "learned"] = _GRAPH.critic
+    memory_backend: Literal["faiss", "store"] = _GRAPH.memory_backend
     """faiss (files) or store (a LangGraph store: Postgres at $BILLP_STORE_URI, else in memory)."""
-    temperature: float = 0.5
+    temperature: float = _GRAPH.temperature
     """The paper's 0.5. Still reproducible: every call's sampling seed is derived from (seed,
     user, step, role) (`nodes.draws`), and the LLM cache keys on it."""
-    gamma: float = 0.5
-    hint_rule: str = "derived"
+    gamma: float = _GRAPH.gamma
+    hint_rule: Literal["derived", "reference"] = _GRAPH.hint_rule
     """When a remembered state hints (`memory.rules`): derived (per embedding) or reference."""
-    actor_quantile: float = 0.5
-    critic_quantile: float = 0.25
-    explore: bool = True
+    actor_quantile: float = _GRAPH.actor_quantile
+    critic_quantile: float = _GRAPH.critic_quantile
+    explore: bool = _GRAPH.explore
     """The reference's per-step exploration hint in every LLM method's actor prompt."""
     train_batch: int = 10
     rl_steps: int = 250_000

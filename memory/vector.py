@@ -136,7 +136,23 @@ def _entries_json(head: dict[str, JSON], keys: list[str], payloads: list[str]) -
     fields = [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(head.items())]
     fields.append('"keys": ' + json.dumps(keys, ensure_ascii=False, separators=(",\n", ": ")))
     fields.append('"payloads": [\n' + ",\n".join(payloads) + "\n]")
-    return ("{\n" + ",\n".join(fields) + "\n}\n").encode("utf-8")
+    text = "{\n" + ",\n".join(fields) + "\n}\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate in some text: write every string escaped
+        escaped = [json.dumps(json.loads(p), sort_keys=True) for p in payloads]
+        keys_ascii = json.dumps(keys, separators=(",\n", ": "))
+        return (
+            "{\n"
+            + ",\n".join(
+                [
+                    *fields[:-2],
+                    f'"keys": {keys_ascii}',
+                    '"payloads": [\n' + ",\n".join(escaped) + "\n]",
+                ]
+            )
+            + "\n}\n"
+        ).encode("ascii")
 
 
 class VectorMemory:

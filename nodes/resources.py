@@ -11,7 +11,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,7 @@ from memory.stores import ActorMemory, CriticMemory, MacroMemory
 from nodes.candidates import CandidateGenerator
 from nodes.grounding import TitleIndex
 from nodes.llm.cache import cached_model, close_stores
-from nodes.llm.calls import forget_models, make_chat_model
+from nodes.llm.factory import forget_models, make_chat_model
 from nodes.value_net import LearnedCritic
 from simulator.build import EnvBundle, EnvConfig, build_env, distance_vectors
 from simulator.paths import cache_dir
@@ -145,8 +145,9 @@ class Memories:
         with self.write_lock:
             parts = (self.macro, self.actor, self.critic, self.learned_critic)
             futures = [_SAVERS.submit(part.save) for part in parts]
+            wait(futures)  # every write ends before the lock is released, failed or not
             for future in futures:
-                future.result()  # all are waited for; the first failure is raised
+                future.result()  # the first failure is raised
 
 
 _SAVERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="billp-save")

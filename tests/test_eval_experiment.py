@@ -134,3 +134,16 @@ def test_report_writes_every_output(sequential_run):
     assert results["methods"]["random"]["pct_oracle"] is not None
     md = (sequential_run / "results.md").read_text()
     assert "test double" in md and "frozen" in md and "seeds 0, 1" in md
+
+
+def test_a_second_run_on_the_same_cache_replays_every_answer(sequential_run, tmp_path):
+    """The run's answer cache (Context.llm_cache): every LLM call of an identical run is a hit,
+    and the episodes are the same as the first run's, which paid for every call."""
+    first = [r for r in EpisodeLog(sequential_run).records() if r["method"] == "billp"]
+    assert first and all(r["llm_calls"] > 0 for r in first)
+    assert sum(r["cache_hits"] for r in first) < sum(r["llm_calls"] for r in first)
+    again = tmp_path / "again"
+    Experiment(config(concurrency=1, cache_dir=str(sequential_run)), again).run()
+    second = [r for r in EpisodeLog(again).records() if r["method"] == "billp"]
+    assert [r["cache_hits"] for r in second] == [r["llm_calls"] for r in second]
+    assert outcomes(again) == outcomes(sequential_run)

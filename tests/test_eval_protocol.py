@@ -7,6 +7,7 @@ and reflector nodes write when an episode runs with learn=True.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 
 from eval.log import EpisodeLog
 from eval.protocol import (
+    CONTEXT_FIELDS,
     Batch,
     RunConfig,
     RunDir,
@@ -162,3 +164,16 @@ def test_play_policy_matches_evaluate_policy():
         assert [r["r_traj"] for r in records] == pytest.approx(expected["r_traj"].tolist())
         assert [r["quit_reason"] for r in records] == expected["quit_reason"].tolist()
         assert all(len(r["steps"]) == s for r, s in zip(records, expected["steps"], strict=True))
+
+
+def test_run_config_fields_shared_with_context_have_its_types_and_defaults():
+    """A knob both know is declared the same way, and reaches the graph unchanged."""
+    run = {f.name: f for f in dataclasses.fields(RunConfig)}
+    graph = {f.name: f for f in dataclasses.fields(Context)}
+    assert len(CONTEXT_FIELDS) >= 16
+    for name in CONTEXT_FIELDS:
+        assert run[name].type == graph[name].type, name
+        assert run[name].default == graph[name].default, name
+    config = RunConfig(methods=["billp"], grounding="shortlist", temperature=0.2, explore=False)
+    ctx = config.context(seed=3, split="train", memory_dir=None)
+    assert (ctx.grounding, ctx.temperature, ctx.explore, ctx.seed) == ("shortlist", 0.2, False, 3)

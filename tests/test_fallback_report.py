@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from eval.cli import app
 from eval.fallbacks import DEGRADED_ABOVE, cells, degradation, fallback_summary
 from nodes.llm.fake_server import FakeOpenAI
-from nodes.llm.openai_chat import reset_endpoints
 
 KEY = "sk-report-test-0123456789"
 RUN = [
@@ -32,9 +31,7 @@ RUN = [
 def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0")
     monkeypatch.setenv("COLUMNS", "250")
-    reset_endpoints()
     yield
-    reset_endpoints()
 
 
 def record(fallbacks: dict[str, int], asks: dict[str, int], **extra) -> dict:

@@ -20,8 +20,8 @@ from nodes.llm.calls import (
     call_structured,
     call_structured_sync,
     call_text,
-    make_chat_model,
 )
+from nodes.llm.factory import make_chat_model
 from nodes.llm.local import ENV_MODEL, find_local_model
 from nodes.llm.openai_chat import FallbackChatOpenAI
 from nodes.llm.scripted import (

@@ -22,8 +22,8 @@ from nodes.llm.calls import (
     call_structured,
     call_structured_sync,
     call_text,
-    make_chat_model,
 )
+from nodes.llm.factory import make_chat_model
 from nodes.llm.scripted import default_responder
 
 Reply = tuple[int, dict[str, Any], dict[str, str]]

@@ -27,11 +27,11 @@ from nodes.llm.calls import (
     call_structured,
     call_structured_sync,
     call_text,
-    make_chat_model,
 )
+from nodes.llm.factory import make_chat_model
 from nodes.llm.fake_server import FakeOpenAI
 from nodes.llm.health import FAIL_FAST_AFTER
-from nodes.llm.openai_chat import negotiated, reset_endpoints
+from nodes.llm.openai_chat import negotiated
 from nodes.llm.structured import extract_json, parse_json_text, parse_tool_message
 from nodes.views import messages
 
@@ -53,11 +53,9 @@ MSGS = messages("You recommend games. Answer with JSON.", "Next game?")
 
 
 @pytest.fixture(autouse=True)
-def fresh_endpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("BILLP_LLM_BASE_DELAY", "0")
-    reset_endpoints()
     yield
-    reset_endpoints()
 
 
 @pytest.fixture

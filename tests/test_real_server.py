@@ -80,9 +80,8 @@ async def test_billp_episode_through_llama_cpp_python_server(
     llama_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from graph import Context, build_graph
-    from nodes.llm.openai_chat import negotiated, reset_endpoints
+    from nodes.llm.openai_chat import negotiated
 
-    reset_endpoints()
     monkeypatch.setenv("OPENAI_BASE_URL", llama_server["url"])
     monkeypatch.setenv("OPENAI_API_KEY", "not-needed")
     monkeypatch.delenv("BILLP_LLM_TIMEOUT", raising=False)

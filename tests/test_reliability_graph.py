@@ -23,6 +23,7 @@ import pytest
 import nodes.llm.calls as llms
 import nodes.llm.openai_chat as openai_llm
 from graph import Context, build_graph
+from nodes.llm.factory import make_chat_model
 from nodes.llm.fake_server import FAULTS, FakeOpenAI
 from nodes.resources import clear_cache
 from simulator.build import EnvConfig, build_env
@@ -180,7 +181,7 @@ def test_fake_server_speaks_every_shape_and_counts_faults(fake_llm):
     from nodes.prompts import TitleChoice, Value
     from nodes.views import messages
 
-    model = llms.make_chat_model("openai:fake-model")
+    model = make_chat_model("openai:fake-model")
     msgs = messages("system", "user")
     plain = asyncio.run(llms.call_text(model, msgs, transient_retries=6))
     via_schema = llms.call_structured_sync(model, msgs, Value, retries=6, transient_retries=6)
@@ -204,7 +205,7 @@ def test_stalled_requests_time_out_and_are_retried_then_fall_back(fake_llm):
     from nodes.prompts import Value
     from nodes.views import messages
 
-    model = llms.make_chat_model("openai:fake-model")
+    model = make_chat_model("openai:fake-model")
     result = llms.call_structured_sync(
         model, messages("system", "user"), Value, transient_retries=2
     )

@@ -255,7 +255,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
         self_killing_run([*args, "--out", str(killed)], env, where, point)
         log = killed / "episodes.jsonl"
         recorded.append(len(log.read_bytes().splitlines()) if log.is_file() else 0)
-        assert recorded[-1] >= point  # the kill came where it was due, not before
+        if where == "record":  # killed right after the append that reached the point
+            assert recorded[-1] == point
         if where == "save":  # mid-save: the new snapshot is written, learned.json not yet
             seed_dir = killed / "billp" / "seed-0"
             learned = seed_dir / "learned.json"

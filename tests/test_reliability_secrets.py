@@ -20,6 +20,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 import nodes.llm.calls as llms
 from graph import Context, build_graph
+from nodes.llm.factory import make_chat_model
 from nodes.llm.fake_server import FakeOpenAI
 from nodes.prompts import Plan
 from nodes.resources import get_resources
@@ -117,7 +118,7 @@ def test_timed_out_requests_leave_no_key_in_errors_or_logs(fake, monkeypatch, ca
     caplog.set_level(logging.DEBUG)  # openai and httpx log requests and retries at DEBUG
     fake.fault_rate, fake.faults = 1.0, ("timeout",)
     monkeypatch.setenv("BILLP_LLM_TIMEOUT", "0.2")
-    model = llms.make_chat_model("openai:fake-model")
+    model = make_chat_model("openai:fake-model")
     result = llms.call_structured_sync(model, messages("s", "u"), Plan, transient_retries=1)
     assert (result.ok, result.attempts) == (False, 2) and "Timeout" in result.error
     assert_no_secret("the timeout error", result.error)
@@ -128,7 +129,7 @@ def test_timed_out_requests_leave_no_key_in_errors_or_logs(fake, monkeypatch, ca
 def test_rejected_key_error_names_the_endpoint_not_the_key(tmp_path, fake, monkeypatch):
     wrong = f"sk-test-WRONG-{secrets.token_hex(12)}"
     monkeypatch.setenv("OPENAI_API_KEY", wrong)
-    model = llms.make_chat_model("openai:fake-model")
+    model = make_chat_model("openai:fake-model")
     with pytest.raises(llms.LLMError) as err:
         llms.call_structured_sync(model, messages("s", "u"), Plan)
     text = str(err.value)

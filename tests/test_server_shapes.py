@@ -22,7 +22,8 @@ import pytest
 from json_server import serve_json
 from pydantic import BaseModel, Field
 
-from nodes.llm.calls import call_structured_sync, make_chat_model
+from nodes.llm.calls import call_structured_sync
+from nodes.llm.factory import make_chat_model
 from nodes.llm.fake_faults import SchemaInstance, request_schema
 from nodes.llm.openai_chat import negotiated, pin_mode
 from nodes.views import messages

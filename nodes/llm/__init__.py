@@ -1,6 +1,7 @@
 """Chat-model backends: plumbing, not agents.
 
-`calls` (the error and retry policy every node's LLM call goes through, the model factory),
+`calls` (the error and retry policy every node's LLM call goes through), `factory` (models
+from spec strings),
 `local` (the embedded llama.cpp model) with `grammar` (JSON-schema sampling token by token),
 `openai_chat` + `modes` + `health` (any OpenAI-compatible endpoint: structured-output
 negotiation, fail-fast), `structured` (one pydantic validation for every backend), `usage`

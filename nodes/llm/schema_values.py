@@ -5,6 +5,9 @@ schema; the fake OpenAI-compatible server (`fake_faults.SchemaInstance`) answers
 one, and breaks it for schema faults. Both walk the schema here — local `$ref`, `const`, `enum`,
 `anyOf` / `oneOf` / `allOf`, objects, arrays, numeric bounds, string lengths — and differ only in
 the chooser that picks among what the schema allows (`Simplest`, or a subclass of it).
+
+Hand-written, not hypothesis-jsonschema: the doubles need one deterministic simplest instance
+and seeded per-request draws of the small schemas pydantic emits, not a property-testing engine.
 """
 
 from __future__ import annotations

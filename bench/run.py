@@ -60,6 +60,20 @@ def run_part(name: str, quick: bool, out: Path) -> tuple[dict[str, Any], float, 
     return json.loads(out.read_text()), seconds, None
 
 
+def _date(before: str | None, today: str, only: list[str]) -> str:
+    """Return the results' date: today for a whole run; after `--only`, the whole run's date
+    and the parts re-measured on each later day (`2026-11-27; re-measured 2026-11-30: a, b`)."""
+    if not only or not before:
+        return today
+    head, _, last = before.rpartition("; re-measured ")
+    day, _, parts = last.partition(": ")
+    if head and day == today:  # another part re-measured today: one entry for the day
+        names = [p for p in parts.split(", ") if p]
+        names += [p for p in only if p not in names]
+        return f"{head}; re-measured {today}: {', '.join(names)}"
+    return f"{before}; re-measured {today}: {', '.join(only)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the parts, write results.json and BENCHMARKS.md; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {"seconds": round(seconds, 1), "error": error}
         if error:
             failed.append(name)
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
     results.update(
         machine=machine(),
-        date=datetime.now(UTC).strftime("%Y-%m-%d"),
+        date=_date(results.get("date"), today, only),
         quick=args.quick,
         command="make bench-quick" if args.quick else "make bench",
     )

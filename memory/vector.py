@@ -133,26 +133,20 @@ def _entries_json(head: dict[str, JSON], keys: list[str], payloads: list[str]) -
     them (and pretty-printing with the pure-Python encoder) made each save cost ~25 ms at 800
     entries, paid at every episode's end while learning.
     """
-    fields = [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(head.items())]
-    fields.append('"keys": ' + json.dumps(keys, ensure_ascii=False, separators=(",\n", ": ")))
-    fields.append('"payloads": [\n' + ",\n".join(payloads) + "\n]")
-    text = "{\n" + ",\n".join(fields) + "\n}\n"
     try:
-        return text.encode("utf-8")
+        return _entries_text(head, keys, payloads, ascii_only=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate in some text: write every string escaped
         escaped = [json.dumps(json.loads(p), sort_keys=True) for p in payloads]
-        keys_ascii = json.dumps(keys, separators=(",\n", ": "))
-        return (
-            "{\n"
-            + ",\n".join(
-                [
-                    *fields[:-2],
-                    f'"keys": {keys_ascii}',
-                    '"payloads": [\n' + ",\n".join(escaped) + "\n]",
-                ]
-            )
-            + "\n}\n"
-        ).encode("ascii")
+        return _entries_text(head, keys, escaped, ascii_only=True).encode("ascii")
+
+
+def _entries_text(
+    head: dict[str, JSON], keys: list[str], payloads: list[str], *, ascii_only: bool
+) -> str:
+    fields = [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(head.items())]
+    fields.append('"keys": ' + json.dumps(keys, ensure_ascii=ascii_only, separators=(",\n", ": ")))
+    fields.append('"payloads": [\n' + ",\n".join(payloads) + "\n]")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 class VectorMemory:

@@ -407,3 +407,21 @@ def test_concurrent_actor_records_on_one_state_all_survive() -> None:
     hint = actor.hint("the same state")
     assert len(actor) == 1 and hint is not None
     assert hint.labels == {x: 1 if x[-1] in "02468" else -1 for x in labels}
+
+
+def test_entries_file_round_trips_any_text_key_and_payload(tmp_path: Path) -> None:
+    """Keys and payloads are spliced into the entries file as encoded: quotes, newlines, JSON
+    punctuation, non-ASCII and even a lone surrogate must load back exactly."""
+    lone = json.loads('"x\\ud83d"')  # valid JSON text, not encodable as UTF-8
+    keys = ['say "hi"\n]', '",\n"keys": []', "café ☕", f"broken {lone}", "\u2028 line sep"]
+    memory = VectorMemory(4, tmp_path)
+    for i, key in enumerate(keys):
+        vector = np.zeros((1, 4), dtype=np.float32)
+        vector[0, i % 4] = 1.0
+        memory.add([key], vector, [{"text": key, "n": i}])
+    memory.save()
+    back = VectorMemory.load(tmp_path)
+    assert back.keys() == keys
+    assert [back.get(k) for k in keys] == [{"text": k, "n": i} for i, k in enumerate(keys)]
+    VectorMemory(4, tmp_path / "empty").save()
+    assert len(VectorMemory.load(tmp_path / "empty")) == 0

@@ -129,10 +129,8 @@ def _encode(payload: JSON) -> str:
 def _entries_json(head: dict[str, JSON], keys: list[str], payloads: list[str]) -> bytes:
     """Return the entries file: `head`'s fields, then one key and one payload per line.
 
-    Payloads are kept encoded, so they are spliced in as they are: decoding and re-encoding
-    them (and pretty-printing with the pure-Python encoder) made each save cost ~25 ms at 800
-    entries, paid at every episode's end while learning.
-    """
+    Payloads are kept encoded and spliced in as they are: decoding, re-encoding and pretty-
+    printing them made each save cost ~25 ms at 800 entries, paid at every episode's end."""
     try:
         return _entries_text(head, keys, payloads, ascii_only=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate in some text: write every string escaped

@@ -231,12 +231,9 @@ class VectorMemory:
             return np.ascontiguousarray(m)
         if not np.isfinite(m).all():
             raise ValueError(f"{what} contain NaN or inf")
-        if m.shape[0]:
-            raise ValueError(
-                f"{what} must be L2-normalized rows "
-                f"(norms range {norms.min():.4f}..{norms.max():.4f})"
-            )
-        return np.ascontiguousarray(m)
+        raise ValueError(  # an empty matrix passed above: there is a row to report
+            f"{what} must be L2-normalized rows (norms range {norms.min():.4f}..{norms.max():.4f})"
+        )
 
     def add(self, keys: Sequence[str], vectors: np.ndarray, payloads: Sequence[JSON]) -> None:
         """Append new entries; raise KeyError if a key is already stored (use upsert to replace)."""

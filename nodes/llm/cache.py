@@ -94,18 +94,12 @@ class LLMCache:
                 "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
             )
             self._db.commit()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> Any | None:
         """Return the stored value of `key`, or None."""
         with self._lock:
             row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return json.loads(row[0])
+        return None if row is None else json.loads(row[0])
 
     def put(self, key: str, value: Any) -> None:
         """Store `value` (JSON) under `key`, committed at once so a crash keeps it."""

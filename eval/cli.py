@@ -27,7 +27,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from eval.cli_env import (
     DataDirOpt,
@@ -37,7 +36,6 @@ from eval.cli_env import (
     debug_enabled,
     env_app,
     fail,
-    out,
     print_card,
 )
 from eval.cli_options import (
@@ -72,6 +70,7 @@ from eval.cli_options import (
     TestOpt,
     TrainOpt,
 )
+from eval.cli_table import print_results
 from simulator.build import EnvConfig
 from simulator.paths import default_dataset
 from simulator.types import DataError
@@ -143,43 +142,6 @@ def parse_seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
 
 
-def print_results(results: dict[str, Any]) -> None:
-    """Print the results table."""
-    from rich.markup import escape
-
-    from eval.fallbacks import HEADER as FALLBACK_HEADER
-    from eval.fallbacks import degraded_lines
-    from eval.report import table_rows
-
-    rows = table_rows(results)
-    keep = ["method", "Len", "R_each", "R_traj", "% oracle", "LLM calls/ep", "s/ep"]
-    if any(m["kind"] == "llm" for m in results["methods"].values()):
-        keep += FALLBACK_HEADER  # an LLM method's numbers are only its own without fallbacks
-    failed = rows[0].index("failed")
-    if any(r[failed] != "0" for r in rows[1:]):
-        keep.append("failed")
-    index = [rows[0].index(k) for k in keep]
-    rows = [[r[i] for i in index] for r in rows]
-    for row in rows[1:]:
-        if results["methods"][row[0]]["kind"] == "ceiling":
-            row[0] += " (ceiling)"
-    c = results["config"]
-    title = (
-        f"{c['dataset']}: {c['test_users']} test users x {len(c['seeds'])} seed(s), "
-        f"test memories {c['learning']}"
-    )
-    table = Table(title=title)
-    for i, col in enumerate(rows[0]):
-        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in rows[1:]:
-        table.add_row(*row)
-    out.print(table)
-    backend = results["backend"].replace("**", "").replace("`", "")
-    out.print(f"LLM backend: {backend}", highlight=False)
-    for line in degraded_lines(results):
-        out.print(f"[bold red]degraded[/]: {escape(line)}", highlight=False, soft_wrap=True)
-
-
 def experiment(
     methods: list[str], out_dir: Path | None, *, step_pause: float = 0.0, **opts: Any
 ) -> None:
@@ -187,8 +149,9 @@ def experiment(
     from eval.executor import make_executor
     from eval.experiment import Experiment
     from eval.html_report import write_html
-    from eval.protocol import RunConfig
+    from eval.protocol import LLM_METHODS, RunConfig
     from eval.report import render
+    from nodes.llm.probe import ensure_llm_works
 
     executor = make_executor(
         opts.pop("executor", "local"), opts.pop("ray_address", None), opts.pop("ray_workers", None)
@@ -205,6 +168,8 @@ def experiment(
     ).validate()
     run_dir = out_dir or Path("runs") / f"{dataset}-{'-'.join(methods)}"[:120]
     with friendly_errors(run_dir):
+        if any(m in LLM_METHODS for m in methods):
+            ensure_llm_works(config.llm)  # before the env build: a crash costs seconds, not minutes
         env = EnvConfig(dataset=dataset, seed=config.env_seed, logged_items=config.logged_items)
         build_with_progress(env, data_dir, False)
         columns = (

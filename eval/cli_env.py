@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -75,8 +76,9 @@ def debug_enabled() -> bool:
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear error line and exit; tracebacks only with --debug (BILLP_DEBUG=1)."""
-    # soft_wrap: one line whatever the terminal width, so scripts can grep it.
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # soft_wrap: one line whatever the terminal width, so scripts can grep it; escaped, so text
+    # in brackets (CPU flags, file names) is printed, not read as rich markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -192,3 +194,73 @@ def env_info(
         out.print_json(json.dumps(bundle.card))
     else:
         print_card(bundle.card)
+
+
+def parse_split(text: str | None) -> tuple[int, list[int]] | None:
+    """Parse `--split MOD:R1,R2` (e.g. 4:0,2) into (modulus, residues); None when not given."""
+    if not text:
+        return None
+    try:
+        modulus, _, residues = text.partition(":")
+        split = int(modulus), [int(r) for r in residues.split(",")]
+    except ValueError:
+        split = (0, [])
+    if split[0] < 1 or not split[1] or any(not 0 <= r < split[0] for r in split[1]):
+        fail(f"--split must be MOD:R1[,R2...] with 0 <= R < MOD (e.g. 4:0,2), got {text!r}")
+    return split
+
+
+@env_app.command("validate")
+def env_validate(
+    reference_logs: Annotated[
+        Path, typer.Option("--reference-logs", help="Folder of the reference's run logs")
+    ],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    files: Annotated[
+        list[str] | None,
+        typer.Option("--files", help="Only these log files (names or globs; repeatable)"),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Also report userid % MOD == R subsets, e.g. 4:0,2"),
+    ] = None,
+    user_match: Annotated[
+        str | None,
+        typer.Option("--user-match", help="id or history (default: id on amazon, else history)"),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON report here")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report")] = False,
+) -> None:
+    """Replay the reference's logged episodes through our simulated user; report agreement."""
+    from eval.agreement_text import agreement_lines
+    from simulator.reference_logs import load_reference_logs
+    from simulator.validate import validate
+
+    name = dataset or default_dataset()  # logs are picked by name: <dataset>_*.json
+    if user_match not in (None, "id", "history"):
+        fail(f"--user-match must be id or history, got {user_match!r}")
+    parts = parse_split(split)
+    try:
+        episodes = load_reference_logs(reference_logs, name, files or ())
+    except DataError as err:
+        if debug_enabled():
+            raise
+        fail(str(err))
+    bundle = build_with_progress(env_config(name, seed, None, None), data_dir, rebuild=False)
+    report = validate(bundle, episodes, split=parts, method=user_match)  # type: ignore[arg-type]
+    text = json.dumps({"reference_agreement": report}, indent=1)
+    if output is not None:
+        try:
+            output.write_text(text + "\n", encoding="utf-8")
+        except OSError as err:
+            fail(f"cannot write {output}: {err.strerror}")
+        console.print(f"report written to {output}")
+    if as_json:
+        out.print_json(text)
+    else:
+        for line in agreement_lines(report):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -34,6 +34,7 @@ from eval.protocol import (
 )
 from eval.runner import llm_record, play_policy
 from graph import build_graph
+from nodes.llm.probe import ensure_llm_works
 from nodes.resources import clear_cache, env_bundle, get_resources
 from simulator.build import EnvBundle
 from simulator.policies import OraclePolicy
@@ -95,11 +96,13 @@ class Experiment:
     async def arun(self) -> dict[str, float]:
         """Run (or resume) every method from inside an event loop."""
         clear_cache()  # memories on disk may be restored below: never reuse stale objects
+        c = self.config
+        if any(m in LLM_METHODS for m in c.methods):
+            ensure_llm_works(c.llm)  # a native crash fails a child with one line, not this run
         self.dir.prepare(self.config)
         self.log = EpisodeLog(self.dir.path)
         bundle = self._bundle()
         self.dir.check_environment(bundle)
-        c = self.config
         methods = list(c.methods)
         if REFERENCE not in methods:
             methods.append(REFERENCE)  # the % of oracle reference

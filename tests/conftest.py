@@ -47,3 +47,50 @@ def fresh_resources():
 def cache_root() -> Path:
     """Return the session's artifact cache."""
     return Path(os.environ["BILLP_CACHE"])
+
+
+def _embedded_model(module: str) -> Path:
+    """Return the embedded GGUF file once `module` is installed and the probe passed.
+
+    Nothing native is loaded here (find_spec only): the probe loads llama.cpp in a child, so a
+    build that crashes on this CPU fails the local-model tests with its one line instead of
+    killing the test process. Missing pieces skip, unless BILLP_REQUIRE_LOCAL=1 (`make test`,
+    which installs them) turns them into failures: there, a skipped local test hides a broken
+    install.
+    """
+    import importlib.util
+
+    from nodes.llm.local import find_local_model
+    from nodes.llm.probe import LocalModelCrashError, ensure_local_model_works
+
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    found = bool(spec) and (
+        not rest or any((f / Path(*rest.split("."))).with_suffix(".py").is_file() for f in folders)
+    )
+    try:
+        if not found:
+            raise ImportError(f"{module} is not installed")
+        path = find_local_model()
+    except (ImportError, FileNotFoundError) as err:
+        if os.environ.get("BILLP_REQUIRE_LOCAL") == "1":
+            pytest.fail(f"the embedded model is required here (BILLP_REQUIRE_LOCAL=1): {err}")
+        pytest.skip(f"the embedded model is not installed: {err} (`make install` installs it)")
+    try:
+        ensure_local_model_works(path)
+    except LocalModelCrashError as err:
+        pytest.fail(str(err), pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_model_path() -> Path:
+    """The embedded model's GGUF file, probed (see `_embedded_model`)."""
+    return _embedded_model("llama_cpp")
+
+
+@pytest.fixture(scope="session")
+def local_server_model() -> Path:
+    """The embedded model, with llama-cpp-python's [server] extra importable."""
+    return _embedded_model("llama_cpp.server.app")

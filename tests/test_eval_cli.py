@@ -3,6 +3,7 @@ export round-trips, and bad input is one line with exit code 2."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -138,3 +139,36 @@ def test_demo_shows_billp_beside_reflexion_on_the_same_users(tmp_path):
             users[record["method"]].add(record["user"])
     assert users["billp"] == users["reflexion"] == users["random"]
     assert (out / "report.html").is_file() and "report.html" in result.output
+
+
+def test_error_lines_keep_text_in_brackets(capsys) -> None:
+    """A message naming CPU flags or a list must not lose them to rich markup."""
+    import typer
+
+    from eval.cli_env import fail
+
+    with pytest.raises(typer.Exit):
+        fail("crashed on this CPU: EPYC [avx2 amx_int8]; see [README]")
+    assert "EPYC [avx2 amx_int8]; see [README]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_results_table_is_whole_at_80_columns(compared, width) -> None:
+    """Every method's R_traj (with its CI) and % oracle print in full, never as `25.…`."""
+    from rich.console import Console
+
+    from eval.cli_table import print_results
+    from eval.report import table_rows
+
+    results = json.loads((compared / "results.json").read_text())
+    console = Console(width=width, record=True, file=io.StringIO())
+    print_results(results, console)
+    text = console.export_text()
+    assert all(len(line) <= width for line in text.splitlines()), text
+    rows = table_rows(results)
+    r_traj, pct = rows[0].index("R_traj"), rows[0].index("% oracle")
+    for row in rows[1:]:
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(row[0]))
+        assert row[r_traj] in line and row[pct] in line, (row[0], line)
+    assert "…" not in text
+    assert ("fallback %" in text) and (width > 80 or "results.md" in text)

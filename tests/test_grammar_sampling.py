@@ -21,14 +21,11 @@ SCHEMAS = [prompts.Plan, prompts.TitleChoice, prompts.Value, prompts.shortlist_s
 
 
 @pytest.fixture(scope="module")
-def llama():
-    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
-    from nodes.llm.local import find_local_model, load_llama
+def llama(local_model_path):
+    """The embedded model, loaded in-process once the probe passed (conftest)."""
+    from nodes.llm.local import load_llama
 
-    try:
-        return load_llama(str(find_local_model()), 4096, 1)[0]
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
+    return load_llama(str(local_model_path), 4096, 1)[0]
 
 
 def answer(llama, **kwargs) -> tuple[str, str]:

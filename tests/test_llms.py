@@ -314,8 +314,7 @@ def test_local_wrapper_constrains_output_and_reports_usage(
 
 
 @pytest.mark.slow
-def test_local_model_picks_a_valid_enum_member() -> None:
-    pytest.importorskip("llama_cpp")
+def test_local_model_picks_a_valid_enum_member(local_model_path) -> None:
     model = make_chat_model("local", temperature=0.5, seed=0)
     prompt = [
         SystemMessage("Pick one item id for the user. Answer in JSON."),

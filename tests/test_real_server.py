@@ -36,15 +36,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def llama_server(
+    tmp_path_factory: pytest.TempPathFactory, local_server_model
+) -> Iterator[dict[str, Any]]:
     """Start llama-cpp-python's server on a free port; yield its URL and log file."""
-    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
-    from nodes.llm.local import find_local_model
-
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(find_local_model()),
+        sys.executable, "-m", "llama_cpp.server", "--model", str(local_server_model),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
     ]  # fmt: skip
     with log.open("w") as sink:

@@ -61,8 +61,8 @@ class LazyGrammar:
         """Tokens the grammar was asked about (a measure of how often the model strays)."""
 
     def close(self) -> None:
-        """Free the native grammar sampler (idempotent)."""
-        if self._sampler:
+        """Free the native grammar sampler (idempotent; safe after a failed `__init__`)."""
+        if getattr(self, "_sampler", None):
             self._lib.llama_sampler_free(self._sampler)
             self._sampler = None
 

@@ -103,27 +103,40 @@ identical answers.
 """
 
 
+def open_llama(model_path: str, n_ctx: int, n_threads: int | None = None) -> Any:
+    """Load a GGUF file into a new llama.cpp instance (no probe, no sharing: see `load_llama`)."""
+    try:
+        from llama_cpp import Llama, LlamaRAMCache
+    except ImportError as exc:
+        raise ImportError(
+            "the `local` LLM needs llama-cpp-python: pip install 'billp-langgraph[local]'"
+        ) from exc
+    threads = n_threads or default_threads()
+    llama = Llama(
+        model_path=str(model_path),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    llama.set_cache(LlamaRAMCache(capacity_bytes=PROMPT_CACHE_BYTES))
+    return llama
+
+
 def load_llama(model_path: str, n_ctx: int, n_threads: int | None = None) -> tuple[Any, Any]:
-    """Return the process-wide (Llama, lock) for this file, loading it on first use."""
+    """Return the process-wide (Llama, lock) for this file, loading it on first use.
+
+    The first load in a process is preceded by `nodes.llm.probe.ensure_local_model_works`: a
+    llama.cpp build that crashes on this CPU then fails one child process with one clear line
+    (`LocalModelCrashError`) instead of killing this one.
+    """
+    from nodes.llm.probe import ensure_local_model_works
+
     key = (str(Path(model_path).resolve()), n_ctx)
     with _LOAD_LOCK:
         if key not in _MODELS:
-            try:
-                from llama_cpp import Llama, LlamaRAMCache
-            except ImportError as exc:
-                raise ImportError(
-                    "the `local` LLM needs llama-cpp-python: pip install 'billp-langgraph[local]'"
-                ) from exc
-            threads = n_threads or default_threads()
-            llama = Llama(
-                model_path=key[0],
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-            llama.set_cache(LlamaRAMCache(capacity_bytes=PROMPT_CACHE_BYTES))
-            _MODELS[key] = (llama, threading.Lock())
+            ensure_local_model_works(key[0])
+            _MODELS[key] = (open_llama(key[0], n_ctx, n_threads), threading.Lock())
         return _MODELS[key]
 
 
